@@ -1,0 +1,32 @@
+"""trxsfr: transfer learning for images on a laptop CPU."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="trxsfr",
+    version="0.1.0",
+    description=(
+        "Retrain a TF-Hub image feature extractor's final layer on your own "
+        "class folders and export a versioned SavedModel for TF Serving."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["trxsfr", "trxsfr.*"]),
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "tensorflow-hub>=0.16.1,<0.17",
+        # tensorflow_hub imports tf_keras at import time; keep it matched to TF.
+        "tf-keras>=2.21,<2.22",
+        "numpy>=1.26,<3",
+        "pillow>=10,<13",
+        "tqdm>=4.66,<5",
+        # tf.summary writes TensorBoard event files only when tensorboard is installed.
+        "tensorboard>=2.20,<2.22",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "scikit-learn>=1.4,<2"],
+        "bench": ["scikit-learn>=1.4,<2"],
+    },
+    entry_points={"console_scripts": ["trxsfr=trxsfr.cli:entry_point"]},
+)

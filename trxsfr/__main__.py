@@ -1,0 +1,5 @@
+import sys
+
+from trxsfr.cli import main
+
+sys.exit(main())

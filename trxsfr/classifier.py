@@ -1,0 +1,111 @@
+"""Load an exported trxsfr model and predict on image files or bytes, in batches."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+
+from trxsfr.dataset import Skipped
+from trxsfr.errors import ModelError
+from trxsfr.export import LABELS_FILE, METADATA_FILE, SIGNATURE_IMAGES
+
+
+def resolve_version(path: str) -> str:
+    """A version directory itself, or the highest numbered version under a base dir (as TF Serving).
+
+    Raises:
+        ModelError: `path` holds no SavedModel.
+    """
+    if not os.path.exists(path):
+        raise ModelError(f"model {path} does not exist")
+    if not os.path.isdir(path):
+        raise ModelError(f"model {path} is not a directory (pass a version dir or its base dir)")
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = sorted(
+        (int(n) for n in os.listdir(path)
+         if n.isdigit() and os.path.exists(os.path.join(path, n, "saved_model.pb"))),
+        reverse=True,
+    )
+    if not versions:
+        raise ModelError(
+            f"{path} is not a model: no saved_model.pb and no numbered version directories with one"
+        )
+    return os.path.join(path, str(versions[0]))
+
+
+@dataclasses.dataclass
+class Predictions:
+    probabilities: np.ndarray  # float32 [len(ok), classes]
+    ok: list[int]  # positions of the inputs that decoded
+    failed: list[Skipped]
+    seconds: float  # inference wall time, decode included
+
+
+class Classifier:
+    """An exported model: labels, metadata and batched prediction."""
+
+    def __init__(self, path: str):
+        import tensorflow as tf
+
+        self.path = resolve_version(path)
+        label_file = os.path.join(self.path, "assets", LABELS_FILE)
+        if not os.path.exists(label_file):
+            raise ModelError(f"{self.path} is a SavedModel but not a trxsfr model (no assets/{LABELS_FILE})")
+        with open(label_file, encoding="utf-8") as f:
+            self.labels = [line.rstrip("\n") for line in f if line.strip()]
+        meta_file = os.path.join(self.path, "assets", METADATA_FILE)
+        self.metadata = {}
+        if os.path.exists(meta_file):
+            with open(meta_file, encoding="utf-8") as f:
+                self.metadata = json.load(f)
+        start = time.perf_counter()
+        try:
+            self._model = tf.saved_model.load(self.path)
+        except Exception as e:
+            raise ModelError(f"cannot load model {self.path}: {str(e).splitlines()[0][:200]}") from e
+        if SIGNATURE_IMAGES not in self._model.signatures:
+            raise ModelError(f"{self.path} has no {SIGNATURE_IMAGES} signature; not a trxsfr model")
+        self._predict = self._model.signatures[SIGNATURE_IMAGES]
+        shape = self._predict.structured_input_signature[1]["images"].shape
+        self.image_size = (int(shape[1]), int(shape[2]))
+        self.load_seconds = time.perf_counter() - start
+
+    @property
+    def version(self) -> str:
+        return os.path.basename(os.path.normpath(self.path))
+
+    def predict_images(self, images) -> np.ndarray:
+        """float32 [N, H, W, 3] in [0, 1] -> probabilities float32 [N, classes]."""
+        return self._predict(images=images)["probabilities"].numpy()
+
+    def predict_paths(self, paths: Sequence[str], batch_size: int = 32,
+                      progress: bool = False) -> Predictions:
+        """Probabilities for image files, decoded exactly as at training time."""
+        from trxsfr import imaging
+
+        start = time.perf_counter()
+        probs = np.zeros((len(paths), len(self.labels)), np.float32)
+        returned = np.zeros(len(paths), bool)
+        if paths:
+            ds = imaging.image_dataset(paths, self.image_size, batch_size)
+            with imaging.progress_bar(len(paths), "label", progress) as bar:
+                for pos, images in ds:
+                    pos = pos.numpy()
+                    probs[pos] = self.predict_images(images)
+                    returned[pos] = True
+                    bar.update(len(pos))
+        seconds = time.perf_counter() - start
+        failed = [Skipped(paths[i], imaging.decode_error(paths[i], self.image_size))
+                  for i in np.flatnonzero(~returned)]
+        ok = [int(i) for i in np.flatnonzero(returned)]
+        return Predictions(probs[ok], ok, failed, seconds)
+
+
+def load(path: str) -> Classifier:
+    return Classifier(path)

@@ -1,0 +1,300 @@
+"""Command line: parse flags, call the library, print results, map errors to exit codes.
+
+Exit codes: 0 success; 1 `label --min_accuracy` not reached; 2 bad input
+(one line on stderr saying what to fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+from trxsfr.config import DEFAULT_MODULE, LabelConfig, RetrainConfig
+from trxsfr.errors import InputError, TrxsfrError
+from trxsfr.tables import table
+
+EXIT_OK, EXIT_BELOW_GATE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _out(line: str = "") -> None:
+    print(line, flush=True)
+
+
+# ---------------------------------------------------------------- retrain
+
+def add_retrain_parser(sub) -> None:
+    d = RetrainConfig
+    p = sub.add_parser(
+        "retrain", formatter_class=_Formatter,
+        help="Train a new final layer on class folders and export a versioned SavedModel.",
+        description=(
+            "Compute (or reuse) one bottleneck vector per image with a frozen TF-Hub feature "
+            "extractor, train a softmax layer on them, and export <saved_model_dir>/<unix-epoch>/.\n"
+            "The last line on stdout is that directory. Flags keep the names of TF's retrain.py."
+        ),
+    )
+    g = p.add_argument_group("Data")
+    g.add_argument("--image_dir", required=True,
+                   help="Folder with one sub-folder of images per class; folder names are the labels.")
+    g.add_argument("--validation_percentage", type=float, default=d.validation_percentage,
+                   help="Percentage of images held out to validate during training (0 allowed).")
+    g.add_argument("--testing_percentage", type=float, default=d.testing_percentage,
+                   help="Percentage of images held out for the final test accuracy (0 allowed).")
+    g = p.add_argument_group("Module")
+    g.add_argument("--tfhub_module", default=None,
+                   help=f"Feature-vector module: TF-Hub/Kaggle URL, local SavedModel directory, or "
+                        f"shortcut name (default {DEFAULT_MODULE}; see README for the table).")
+    g.add_argument("--architecture", default=None,
+                   help="The codelab's model names (mobilenet_0.50_224, inception_v3, ...), "
+                        "an alias for the matching shortcut; do not combine with --tfhub_module.")
+    g.add_argument("--image_size", type=int, default=d.image_size,
+                   help="Input size for modules that do not fix it; must match a module that does.")
+    g.add_argument("--bottleneck_dir", default=d.bottleneck_dir,
+                   help="Cache of bottleneck vectors, shared safely between runs and modules.")
+    g.add_argument("--bottleneck_batch_size", type=int, default=d.bottleneck_batch_size,
+                   help="Images per forward pass of the feature extractor.")
+    g = p.add_argument_group("Training")
+    g.add_argument("--how_many_training_steps", type=int, default=d.how_many_training_steps,
+                   help="Optimisation steps of the new layer.")
+    g.add_argument("--learning_rate", type=float, default=d.learning_rate,
+                   help="Learning rate of the optimiser.")
+    g.add_argument("--optimizer", choices=("adam", "momentum", "sgd"), default=d.optimizer,
+                   help="Optimiser of the new layer (features are standardised for it).")
+    g.add_argument("--train_batch_size", type=int, default=d.train_batch_size,
+                   help="Training images per step; -1 uses the whole training split.")
+    g.add_argument("--eval_step_interval", type=int, default=d.eval_step_interval,
+                   help="Evaluate (and write summaries) every this many steps; "
+                        "default: 1/100 of the steps.")
+    g.add_argument("--seed", type=int, default=d.seed,
+                   help="Seed of batch sampling; same seed and data give identical weights.")
+    g = p.add_argument_group("Export")
+    g.add_argument("--saved_model_dir", default=d.saved_model_dir,
+                   help="Base directory; each run adds a new <unix-epoch> version beneath it.")
+    g.add_argument("--output_labels", default=d.output_labels,
+                   help="Also write the labels, one per line, to this file (never replaced "
+                        "if it holds other labels). The model carries them in assets/labels.txt.")
+    g = p.add_argument_group("Output")
+    g.add_argument("--summaries_dir", default=d.summaries_dir,
+                   help="TensorBoard summaries go to a fresh run-<time> sub-directory here.")
+    g.add_argument("--print_misclassified_test_images", action="store_true",
+                   help="List the test images the new layer gets wrong.")
+    g.add_argument("--quiet", action="store_true", help="Only warnings and results; no progress bar.")
+    p.set_defaults(run=run_retrain)
+
+
+def retrain_config(args) -> RetrainConfig:
+    if args.architecture and args.tfhub_module:
+        raise InputError("give --tfhub_module or --architecture, not both")
+    from trxsfr.modules import architecture_to_shortcut
+
+    module = architecture_to_shortcut(args.architecture) if args.architecture else \
+        (args.tfhub_module or DEFAULT_MODULE)
+    return RetrainConfig(
+        image_dir=args.image_dir, tfhub_module=module, image_size=args.image_size,
+        bottleneck_dir=args.bottleneck_dir, bottleneck_batch_size=args.bottleneck_batch_size,
+        how_many_training_steps=args.how_many_training_steps,
+        learning_rate=args.learning_rate, optimizer=args.optimizer,
+        train_batch_size=args.train_batch_size,
+        validation_percentage=args.validation_percentage,
+        testing_percentage=args.testing_percentage,
+        eval_step_interval=args.eval_step_interval, summaries_dir=args.summaries_dir,
+        saved_model_dir=args.saved_model_dir, output_labels=args.output_labels,
+        print_misclassified_test_images=args.print_misclassified_test_images,
+        seed=args.seed, progress=not args.quiet,
+    )
+
+
+def run_retrain(args) -> int:
+    from trxsfr.pipeline import retrain
+
+    result = retrain(retrain_config(args))
+    _out("Images per class and split:")
+    rows = [(label, c["train"], c["validation"], c["test"]) for label, c in result.counts.items()]
+    for line in table(("class", "train", "validation", "test"), rows):
+        _out("  " + line)
+    if result.skipped:
+        _out(f"Skipped {len(result.skipped)} file(s):")
+        for s in result.skipped:
+            _out(f"  {s.path}: {s.reason}")
+    for note in result.notes:
+        _out(f"Note: {note}")
+    _out(f"Bottlenecks: {result.reused} reused from cache, {result.computed} computed")
+    if result.history and "validation_accuracy" in result.history[-1]:
+        _out(f"Final validation accuracy = {100 * result.history[-1]['validation_accuracy']:.1f}%")
+    if result.test_accuracy is not None:
+        _out(f"Final test accuracy = {100 * result.test_accuracy:.1f}% (N={result.test_count})")
+    if args.print_misclassified_test_images:
+        _out(f"Misclassified test images: {len(result.misclassified)}")
+        for path, true, pred in result.misclassified:
+            _out(f"  {path} (true: {true}, predicted: {pred})")
+    if result.summary_dir:
+        _out(f"TensorBoard summaries: {result.summary_dir}")
+    _out(result.version_dir)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- label
+
+def add_label_parser(sub) -> None:
+    d = LabelConfig
+    p = sub.add_parser(
+        "label", formatter_class=_Formatter,
+        help="Label images with an exported model; evaluate it on class folders.",
+        description=(
+            "Inputs are image files and/or folders. A folder of images gets one\n"
+            "'label score path' line per class per image (top-k, highest first). A folder\n"
+            "whose sub-folders are named after the model's labels is an evaluation set:\n"
+            "accuracy, per-class accuracy, a confusion matrix and the misclassified files follow."
+        ),
+    )
+    g = p.add_argument_group("Data")
+    g.add_argument("inputs", nargs="*", help="Image files and folders.")
+    g.add_argument("--image", action="append", default=[],
+                   help="An image file to label (label_image.py's flag; may repeat).")
+    g = p.add_argument_group("Model")
+    g.add_argument("--model", "--graph", dest="model", default=d.model,
+                   help="A model version directory, or a base directory (its highest numbered "
+                        "version is used, as TF Serving does). --graph is label_image.py's name.")
+    g.add_argument("--labels", default=None,
+                   help="label_image.py's labels file; the model carries its labels, this file "
+                        "is only checked against them.")
+    for flag in ("--input_height", "--input_width", "--input_mean", "--input_std"):
+        g.add_argument(flag, type=float, default=None,
+                       help="Accepted for label_image.py compatibility and ignored: the model "
+                            "carries its own preprocessing.")
+    for flag in ("--input_layer", "--output_layer"):
+        g.add_argument(flag, default=None,
+                       help="Accepted for label_image.py compatibility and ignored.")
+    g = p.add_argument_group("Inference")
+    g.add_argument("--batch_size", type=int, default=d.batch_size, help="Images per forward pass.")
+    g.add_argument("--top_k", type=int, default=d.top_k, help="Classes listed per image.")
+    g = p.add_argument_group("Output")
+    g.add_argument("--format", choices=("text", "json", "codelab"), default="text",
+                   help="text: lines and summary; json: one JSON document; codelab: "
+                        "label_image.py's 'label (score=...)' lines.")
+    g.add_argument("--min_accuracy", type=float, default=d.min_accuracy,
+                   help="Exit with code 1 if evaluation accuracy is below this fraction (0-1).")
+    g.add_argument("--quiet", action="store_true", help="No progress bar.")
+    p.set_defaults(run=run_label)
+
+
+def run_label(args) -> int:
+    from trxsfr import labeling
+
+    if args.min_accuracy is not None and not 0 <= args.min_accuracy <= 1:
+        raise InputError(f"--min_accuracy is a fraction in [0, 1], got {args.min_accuracy}")
+    if args.top_k <= 0 or args.batch_size <= 0:
+        raise InputError("--top_k and --batch_size must be positive")
+    inputs = list(args.inputs) + list(args.image)
+    if not inputs:
+        raise InputError("nothing to label: pass image files or folders (or --image FILE)")
+    report = labeling.run(args.model, inputs, batch_size=args.batch_size,
+                          progress=not args.quiet and args.format != "json",
+                          labels_file=args.labels)
+    if args.format == "json":
+        _out(json.dumps(report.to_json(args.top_k), indent=1))
+    elif args.format == "codelab":
+        for line in report.codelab_lines(args.top_k):
+            _out(line)
+    else:
+        for line in report.text_lines(args.top_k):
+            _out(line)
+    accuracy = report.evaluation["accuracy"] if report.evaluation else None
+    if args.min_accuracy is not None:
+        if accuracy is None:
+            raise InputError("--min_accuracy needs an evaluation set: a folder whose "
+                             "sub-folders are named after the model's labels")
+        if accuracy < args.min_accuracy:
+            print(f"trxsfr: accuracy {accuracy:.4f} is below --min_accuracy {args.min_accuracy}",
+                  file=sys.stderr)
+            return EXIT_BELOW_GATE
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- fixtures
+
+def add_fixtures_parser(sub) -> None:
+    p = sub.add_parser(
+        "fixtures", formatter_class=_Formatter,
+        help="Write a tiny feature extractor and tiny class folders to smoke-test offline.",
+        description="Writes OUT_DIR/module (a tiny TF-Hub-style feature-vector SavedModel with "
+                    "fixed random weights), OUT_DIR/images (class folders to train on) and "
+                    "OUT_DIR/heldout (class folders to evaluate on). Nothing is downloaded.",
+    )
+    p.add_argument("out_dir", help="A new or empty directory.")
+    p.add_argument("--per_class", type=int, default=40, help="Training images per class.")
+    p.add_argument("--heldout_per_class", type=int, default=12, help="Held-out images per class.")
+    p.set_defaults(run=run_fixtures)
+
+
+def run_fixtures(args) -> int:
+    from trxsfr.fixtures import write_fixtures
+
+    if args.per_class < 1 or args.heldout_per_class < 1:
+        raise InputError("--per_class and --heldout_per_class must be positive")
+    paths = write_fixtures(args.out_dir, args.per_class, args.heldout_per_class)
+    for name, path in paths.items():
+        _out(f"{name}: {path}")
+    _out(f"try: ./train.sh {paths['images']} --tfhub_module {paths['module']}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- main
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trxsfr", formatter_class=_Formatter,
+        description="Transfer learning for images: retrain a TF-Hub feature extractor's final "
+                    "layer on your class folders, export a versioned SavedModel, label with it.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_retrain_parser(sub)
+    add_label_parser(sub)
+    add_fixtures_parser(sub)
+    return parser
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+class _LineFormatter(logging.Formatter):
+    def format(self, record):
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return f"trxsfr: {record.levelname.lower()}: {message}"
+        return message
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_tensorflow()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LineFormatter())
+    root = logging.getLogger("trxsfr")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    root.propagate = False
+    try:
+        return args.run(args)
+    except TrxsfrError as e:
+        print(f"trxsfr: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("trxsfr: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    sys.exit(main())

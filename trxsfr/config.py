@@ -1,0 +1,49 @@
+"""Every default in one place: argparse reads its defaults from these dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+DEFAULT_MODULE = "mobilenet_v2_100_224"
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainConfig:
+    """Settings of one `retrain` run; field names follow TF's retrain.py flags."""
+
+    image_dir: str = ""
+    tfhub_module: str = DEFAULT_MODULE
+    image_size: Optional[int] = None
+    bottleneck_dir: str = "trxsfr_cache/bottlenecks"
+    bottleneck_batch_size: int = 32
+    how_many_training_steps: int = 4000
+    learning_rate: float = 0.01
+    optimizer: str = "adam"
+    train_batch_size: int = 100
+    validation_percentage: float = 10.0
+    testing_percentage: float = 10.0
+    eval_step_interval: Optional[int] = None  # None: derived from the step count
+    summaries_dir: str = "trxsfr_runs"
+    saved_model_dir: str = "trxsfr_model"
+    output_labels: Optional[str] = None
+    print_misclassified_test_images: bool = False
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConfig:
+    """Settings of one `label` run; names follow TF's label_image.py where they exist."""
+
+    model: str = "trxsfr_model"
+    inputs: tuple = ()
+    top_k: int = 5
+    batch_size: int = 32
+    min_accuracy: Optional[float] = None
+    progress: bool = True
+
+
+def default_eval_interval(steps: int) -> int:
+    """Evaluate about 100 times per run, at least every step for tiny runs."""
+    return max(1, steps // 100)

@@ -1,0 +1,25 @@
+"""Errors a user can fix. The CLI prints `str(error)` on one line and exits 2."""
+
+
+class TrxsfrError(Exception):
+    """Base class: a problem with the user's input, not a bug in trxsfr."""
+
+
+class DatasetError(TrxsfrError):
+    """The image folder cannot train or evaluate a model as it stands."""
+
+
+class ModuleError(TrxsfrError):
+    """The feature-extractor handle cannot be loaded or is not an image feature vector."""
+
+
+class ModelError(TrxsfrError):
+    """A path given as an exported trxsfr model is not one."""
+
+
+class ExportError(TrxsfrError):
+    """The export destination cannot take a new model version."""
+
+
+class InputError(TrxsfrError):
+    """A flag or input path is unusable."""

@@ -1,0 +1,54 @@
+"""Classification metrics from true and predicted class indices. Pure numpy."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """int64 [C, C]: rows are true classes, columns predicted ones."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (np.asarray(true, int), np.asarray(pred, int)), 1)
+    return matrix
+
+
+def metrics(true: Sequence[int], pred: Sequence[int], labels: Sequence[str],
+            probabilities: np.ndarray | None = None, top_k: Sequence[int] = (1, 5)) -> dict:
+    """Accuracy, per-class precision/recall/F1/support, macro-F1, confusion, top-k accuracy.
+
+    Args:
+        true, pred: class indices of the same length.
+        labels: class names, indexed by class id.
+        probabilities: optional float [N, C], for top-k accuracy.
+    """
+    true, pred = np.asarray(true, int), np.asarray(pred, int)
+    n = len(true)
+    matrix = confusion_matrix(true, pred, len(labels))
+    tp = np.diag(matrix).astype(float)
+    support = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = support > 0
+    result = {
+        "count": int(n),
+        "accuracy": float(tp.sum() / n) if n else None,
+        "macro_f1": float(f1[present].mean()) if present.any() else None,
+        "per_class": {
+            label: {"precision": float(precision[i]), "recall": float(recall[i]),
+                    "f1": float(f1[i]), "support": int(support[i])}
+            for i, label in enumerate(labels)
+        },
+        "confusion_matrix": matrix.tolist(),
+    }
+    if probabilities is not None and n:
+        ranked = np.argsort(-np.asarray(probabilities), axis=1, kind="stable")
+        result["top_k_accuracy"] = {
+            str(k): float(np.mean([t in row[:k] for t, row in zip(true, ranked)]))
+            for k in top_k if k <= len(labels)
+        }
+    return result

@@ -1,0 +1,154 @@
+"""Build the serving tf.Module and save it as `<base>/<version>/`, atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from typing import Sequence
+
+import numpy as np
+
+from trxsfr.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+LABELS_FILE = "labels.txt"
+METADATA_FILE = "trxsfr.json"
+SIGNATURE_BYTES = "serving_default"
+SIGNATURE_IMAGES = "predict_images"
+
+
+def build_module(extractor, weights: np.ndarray, bias: np.ndarray, labels: Sequence[str],
+                 asset_paths: Sequence[str]):
+    """A tf.Module: extractor + new layer, with both serving signatures as tf.functions."""
+    import tensorflow as tf
+
+    from trxsfr.imaging import decode_batch
+
+    height, width = extractor.image_size
+
+    class ImageClassifier(tf.Module):
+        def __init__(self):
+            super().__init__(name="trxsfr_classifier")
+            self.extractor = extractor.module
+            self.weights = tf.Variable(weights, name="final_layer/weights")
+            self.bias = tf.Variable(bias, name="final_layer/biases")
+            self.label_strings = tf.constant(list(labels), tf.string)
+            self.assets = [tf.saved_model.Asset(p) for p in asset_paths]
+
+        @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="images")])
+        def predict_images(self, images):
+            """float32 [N, H, W, 3] in [0, 1] -> probabilities and ranked classes."""
+            features = self.extractor(images)
+            probabilities = tf.nn.softmax(tf.matmul(features, self.weights) + self.bias)
+            scores, class_ids = tf.math.top_k(probabilities, k=len(labels))
+            return {
+                "probabilities": probabilities,
+                "classes": tf.gather(self.label_strings, class_ids),
+                "class_ids": tf.cast(class_ids, tf.int64),
+                "scores": scores,
+            }
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def predict_bytes(self, image_bytes):
+            """Encoded JPEG/PNG/GIF/BMP bytes [N] -> as predict_images."""
+            return self.predict_images(decode_batch(image_bytes, (height, width)))
+
+    return ImageClassifier()
+
+
+def _next_version(base_dir: str) -> int:
+    existing = [int(n) for n in os.listdir(base_dir) if n.isdigit()]
+    return max([int(time.time())] + [v + 1 for v in existing])
+
+
+def check_base_dir(base_dir: str) -> None:
+    if os.path.exists(base_dir) and not os.path.isdir(base_dir):
+        raise ExportError(f"--saved_model_dir {base_dir} is a file; pass a directory for model versions")
+
+
+def save_versioned(extractor, weights, bias, labels: Sequence[str], metadata: dict,
+                   base_dir: str) -> str:
+    """Save the classifier as `<base_dir>/<unix-epoch>/` and return that path.
+
+    The SavedModel is written to a hidden directory inside `base_dir` and renamed
+    into place, so TF Serving watching `base_dir` never sees half a version.
+    The version is above every existing one; nothing existing is touched.
+
+    Raises:
+        ExportError: `base_dir` is a file or cannot be written.
+    """
+    import tensorflow as tf
+
+    check_base_dir(base_dir)
+    try:
+        os.makedirs(base_dir, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create --saved_model_dir {base_dir}: {e.strerror}") from e
+    tag = f".trxsfr-tmp-{uuid.uuid4().hex[:12]}"
+    staging = os.path.join(base_dir, tag)
+    asset_src = os.path.join(base_dir, tag + "-assets")
+    os.makedirs(asset_src)
+    try:
+        label_path = os.path.join(asset_src, LABELS_FILE)
+        with open(label_path, "w", encoding="utf-8") as f:
+            f.write("".join(f"{label}\n" for label in labels))
+        meta_path = os.path.join(asset_src, METADATA_FILE)
+        with open(meta_path, "w", encoding="utf-8") as f:
+            json.dump(metadata, f, indent=1, sort_keys=True)
+        module = build_module(extractor, weights, bias, labels, [label_path, meta_path])
+        tf.saved_model.save(module, staging, signatures={
+            SIGNATURE_BYTES: module.predict_bytes,
+            SIGNATURE_IMAGES: module.predict_images,
+        })
+        while True:
+            version = _next_version(base_dir)
+            target = os.path.join(base_dir, str(version))
+            try:
+                os.rename(staging, target)
+                break
+            except OSError:
+                if not os.path.exists(target):
+                    raise
+                # another export took this number a moment ago: take the next one
+    except OSError as e:
+        raise ExportError(f"cannot write a model version under {base_dir}: {e}") from e
+    finally:
+        shutil.rmtree(asset_src, ignore_errors=True)
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def check_labels_file(path: str, labels: Sequence[str]) -> bool:
+    """True if `path` already holds exactly these labels, False if it does not exist.
+
+    Raises:
+        ExportError: the path exists with other content (it is never replaced).
+    """
+    content = "".join(f"{label}\n" for label in labels)
+    if not os.path.exists(path):
+        return False
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            if f.read() == content:
+                return True
+    raise ExportError(f"--output_labels {path} exists with other content; "
+                      f"pass a new path (the labels are also inside the model)")
+
+
+def write_labels_file(path: str, labels: Sequence[str]) -> None:
+    """Write `--output_labels` (one label per line) unless it already holds them."""
+    if check_labels_file(path, labels):
+        return
+    content = "".join(f"{label}\n" for label in labels)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(content)
+    os.replace(tmp, path)

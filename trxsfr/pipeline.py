@@ -1,0 +1,171 @@
+"""retrain: image folder -> cached bottlenecks -> trained head -> versioned SavedModel."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+import time
+from typing import Optional
+
+import numpy as np
+
+from trxsfr import __version__ as VERSION
+from trxsfr import dataset
+from trxsfr.config import RetrainConfig, default_eval_interval
+from trxsfr.dataset import ImageSet, Skipped, Split
+from trxsfr.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclasses.dataclass
+class RetrainResult:
+    version_dir: str
+    labels: tuple[str, ...]
+    image_set: ImageSet
+    counts: dict  # label -> {split: count}
+    test_accuracy: Optional[float]
+    test_count: int
+    misclassified: list[tuple[str, str, str]]  # (path, true label, predicted label)
+    history: list[dict]
+    reused: int
+    computed: int
+    skipped: tuple[Skipped, ...]
+    notes: list[str]
+    summary_dir: Optional[str]
+    timings: dict
+
+
+def fresh_run_dir(summaries_dir: str) -> str:
+    """A new sub-directory for this run's summaries; earlier runs are left as they are."""
+    if os.path.exists(summaries_dir) and not os.path.isdir(summaries_dir):
+        raise InputError(f"--summaries_dir {summaries_dir} is a file; pass a directory")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for suffix in [""] + [f"-{i}" for i in range(1, 1000)]:
+        path = os.path.join(summaries_dir, f"run-{stamp}{suffix}")
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            continue
+    raise InputError(f"cannot find a fresh run directory under {summaries_dir}")
+
+
+def retrain(config: RetrainConfig) -> RetrainResult:
+    """Run the whole job; see RetrainConfig for the settings.
+
+    Raises:
+        TrxsfrError: the data, module or destinations cannot make a model.
+    """
+    from trxsfr import bottlenecks, export, head, modules
+
+    timings = {}
+    t0 = time.perf_counter()
+    image_set = dataset.discover(config.image_dir, config.validation_percentage,
+                                 config.testing_percentage)
+    dataset.check_trainable(image_set)
+    export.check_base_dir(config.saved_model_dir)
+    for flag, value in (("how_many_training_steps", config.how_many_training_steps),
+                        ("train_batch_size", config.train_batch_size),
+                        ("bottleneck_batch_size", config.bottleneck_batch_size)):
+        if value <= 0:
+            raise InputError(f"--{flag} must be positive, got {value}")
+    if config.learning_rate <= 0:
+        raise InputError(f"--learning_rate must be positive, got {config.learning_rate}")
+
+    extractor = modules.load(config.tfhub_module, config.image_size)
+    timings["module_load_s"] = time.perf_counter() - t0
+    log.info("module %s: %dx%d images -> %d-d features", config.tfhub_module,
+             *extractor.image_size, extractor.dim)
+    store = bottlenecks.store_for(config.bottleneck_dir, extractor)
+    paths = [image_set.abs_path(item) for item in image_set.items]
+    try:
+        cached = bottlenecks.ensure(paths, extractor, store, config.bottleneck_batch_size,
+                                    progress=config.progress)
+    finally:
+        store.close()
+    timings["bottlenecks_s"] = cached.seconds
+    log.info("bottlenecks: %d reused from cache, %d computed (%.1fs)",
+             cached.reused, cached.computed, cached.seconds)
+    root = image_set.root
+    failed = [Skipped(os.path.relpath(f.path, root).replace(os.sep, "/"), f.reason)
+              for f in cached.failed]
+    vectors = {image_set.items[i].path: cached.features[row] for row, i in enumerate(cached.ok)}
+    image_set = image_set.without(failed)
+    dataset.check_trainable(image_set)
+    notes = dataset.warnings_of(image_set)
+    for note in notes:
+        log.warning("%s", note)
+
+    def split_arrays(split: Split):
+        items = image_set.of_split(split)
+        x = np.stack([vectors[it.path] for it in items]) if items else \
+            np.zeros((0, extractor.dim), np.float32)
+        return items, x, np.array([it.label for it in items], np.int64)
+
+    _, x_train, y_train = split_arrays(Split.TRAIN)
+    _, x_val, y_val = split_arrays(Split.VALIDATION)
+    test_items, x_test, y_test = split_arrays(Split.TEST)
+    if not len(y_val):
+        notes.append("validation split is empty: no validation accuracy during training")
+    if not len(y_test):
+        notes.append("test split is empty: no final test accuracy")
+
+    summary_dir = fresh_run_dir(config.summaries_dir) if config.summaries_dir else None
+    steps = config.how_many_training_steps
+    trained = head.train(
+        x_train, y_train, len(image_set.labels), steps=steps,
+        learning_rate=config.learning_rate, batch_size=config.train_batch_size,
+        eval_interval=config.eval_step_interval or default_eval_interval(steps),
+        seed=config.seed, optimizer=config.optimizer,
+        validation=(x_val, y_val) if len(y_val) else None, summary_dir=summary_dir,
+    )
+    timings["train_s"] = trained.seconds
+
+    test_accuracy, misclassified = None, []
+    if len(y_test):
+        pred = trained.head.logits(x_test).argmax(axis=1)
+        test_accuracy = float(np.mean(pred == y_test))
+        labels = image_set.labels
+        misclassified = [(it.path, labels[t], labels[p])
+                         for it, t, p in zip(test_items, y_test, pred) if t != p]
+
+    counts = {label: {s.value: n for s, n in row.items()}
+              for label, row in image_set.counts().items()}
+    last = trained.history[-1] if trained.history else {}
+    metadata = {
+        "format": "trxsfr-model-1",
+        "trxsfr_version": VERSION,
+        "module": {"handle": config.tfhub_module, "fingerprint": extractor.fingerprint,
+                   "image_size": list(extractor.image_size), "feature_dim": extractor.dim},
+        "labels": list(image_set.labels),
+        "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "progress"},
+        "metrics": {
+            "test_accuracy": test_accuracy, "test_count": int(len(y_test)),
+            "validation_accuracy": last.get("validation_accuracy"),
+            "validation_cross_entropy": last.get("validation_cross_entropy"),
+            "train_accuracy": last.get("train_accuracy"),
+        },
+        "split_counts": counts,
+        "skipped_files": len(image_set.skipped),
+        "history": trained.history,
+        "created": int(time.time()),
+    }
+    if config.output_labels:
+        export.check_labels_file(config.output_labels, image_set.labels)
+    t1 = time.perf_counter()
+    version_dir = export.save_versioned(extractor, trained.head.weights, trained.head.bias,
+                                        image_set.labels, metadata, config.saved_model_dir)
+    timings["export_s"] = time.perf_counter() - t1
+    if config.output_labels:
+        export.write_labels_file(config.output_labels, image_set.labels)
+    timings["total_s"] = time.perf_counter() - t0
+    return RetrainResult(
+        version_dir=version_dir, labels=image_set.labels, image_set=image_set, counts=counts,
+        test_accuracy=test_accuracy, test_count=int(len(y_test)), misclassified=misclassified,
+        history=trained.history, reused=cached.reused, computed=cached.computed,
+        skipped=image_set.skipped, notes=notes, summary_dir=summary_dir, timings=timings,
+    )
