@@ -1,0 +1,77 @@
+"""Session fixtures: a tiny extractor, tiny separable class folders, one trained model.
+
+Everything is built here, offline, once per test session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from trxsfr import cli  # noqa: E402
+from trxsfr.fixtures import write_fixtures  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST_TRAIN = ["--how_many_training_steps", "200", "--quiet"]
+
+
+class CliResult:
+    def __init__(self, code, out, err):
+        self.code, self.out, self.err = code, out, err
+
+    @property
+    def lines(self):
+        return self.out.splitlines()
+
+    def __repr__(self):
+        return f"CliResult(code={self.code}, out={self.out[-2000:]!r}, err={self.err[-2000:]!r})"
+
+
+def run_cli(*args) -> CliResult:
+    """cli.main in this process, with stdout and stderr captured."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as e:  # argparse errors
+            code = e.code
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def run_subprocess(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def fx(tmp_path_factory):
+    """{'module', 'images', 'heldout'}: the `trxsfr fixtures` set."""
+    return write_fixtures(str(tmp_path_factory.mktemp("fx") / "kit"))
+
+
+@pytest.fixture(scope="session")
+def trained(fx, tmp_path_factory):
+    """One retrain run over the fixture images; its paths and CLI output."""
+    work = tmp_path_factory.mktemp("trained")
+    result = run_cli(
+        "retrain", "--image_dir", fx["images"], "--tfhub_module", fx["module"],
+        "--bottleneck_dir", work / "cache", "--saved_model_dir", work / "models",
+        "--summaries_dir", work / "runs", "--output_labels", work / "labels.txt",
+        "--print_misclassified_test_images", *FAST_TRAIN,
+    )
+    assert result.code == 0, result
+    return {"result": result, "version_dir": result.lines[-1], "base": str(work / "models"),
+            "cache": str(work / "cache"), "runs": str(work / "runs"), "work": work}
+
+
+@pytest.fixture
+def cli_run():
+    return run_cli
