@@ -1,0 +1,243 @@
+"""retrain -> versioned SavedModel -> label, through the CLI, as a user runs it."""
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import FAST_TRAIN, REPO, run_cli, run_subprocess
+from trxsfr.fixtures import write_image_set
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def exported_variables(version_dir):
+    import tensorflow as tf
+
+    m = tf.saved_model.load(version_dir)
+    return m.weights.numpy(), m.bias.numpy()
+
+
+def test_export_layout_and_metadata(trained):
+    v = trained["version_dir"]
+    assert os.path.dirname(v) == trained["base"]
+    assert os.path.basename(v).isdigit()
+    assert os.path.exists(os.path.join(v, "saved_model.pb"))
+    with open(os.path.join(v, "assets", "labels.txt")) as f:
+        assert f.read().split("\n") == ["blue", "green", "red", ""]
+    with open(trained["work"] / "labels.txt") as f:
+        assert f.read() == "blue\ngreen\nred\n"
+    meta = read_json(os.path.join(v, "assets", "trxsfr.json"))
+    assert meta["module"]["image_size"] == [32, 32] and meta["module"]["feature_dim"] == 32
+    assert meta["config"]["how_many_training_steps"] == 200
+    assert meta["labels"] == ["blue", "green", "red"]
+    assert set(meta["split_counts"]["red"]) == {"train", "validation", "test"}
+    assert meta["metrics"]["test_accuracy"] >= 0.9
+    assert meta["history"][-1]["step"] == 200
+    # no staging leftovers next to the version
+    assert os.listdir(trained["base"]) == [os.path.basename(v)]
+
+
+def test_retrain_prints_table_and_final_accuracy(trained):
+    out = trained["result"].out
+    assert "class  train  validation  test" in out
+    for label in ("blue", "green", "red"):
+        assert any(line.strip().startswith(label) for line in out.splitlines())
+    assert "Final test accuracy = " in out and "(N=" in out
+    assert "Misclassified test images: " in out
+    assert "Bottlenecks: 0 reused from cache, 120 computed" in out
+
+
+def test_tensorboard_summaries(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = os.listdir(trained["runs"])
+    assert len(runs) == 1 and runs[0].startswith("run-")
+    train = EventAccumulator(os.path.join(trained["runs"], runs[0], "train"),
+                             size_guidance={"tensors": 0}).Reload()
+    val = EventAccumulator(os.path.join(trained["runs"], runs[0], "validation"),
+                           size_guidance={"tensors": 0}).Reload()
+    assert {"accuracy", "cross_entropy", "final_layer/weights"} <= set(train.Tags()["tensors"])
+    assert {"accuracy", "cross_entropy"} <= set(val.Tags()["tensors"])
+    assert len(val.Tensors("accuracy")) >= 10
+
+
+def test_signature_on_jpeg_bytes_equals_label(trained, fx, tmp_path):
+    """Plain TensorFlow (no trxsfr import) on raw bytes gives label's scores."""
+    files = sorted(os.path.join(fx["heldout"], c, n)
+                   for c in ("red", "blue") for n in os.listdir(os.path.join(fx["heldout"], c)))[::4]
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "import json, sys\n"
+        "import tensorflow as tf\n"
+        "assert 'trxsfr' not in sys.modules\n"
+        "m = tf.saved_model.load(sys.argv[1])\n"
+        "files = sys.argv[2:]\n"
+        "data = tf.constant([open(f, 'rb').read() for f in files])\n"
+        "out = m.signatures['serving_default'](image_bytes=data)\n"
+        "print(json.dumps({f: {'probabilities': p.tolist(), 'top': c[0].decode()}\n"
+        "  for f, p, c in zip(files, out['probabilities'].numpy(), out['classes'].numpy())}))\n"
+        "assert 'trxsfr' not in sys.modules\n"
+    )
+    plain = run_subprocess(sys.executable, script, trained["version_dir"], *files)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    served = json.loads(plain.stdout.strip().splitlines()[-1])
+    labelled = run_cli("label", "--model", trained["base"], "--format", "json", "--quiet", *files)
+    assert labelled.code == 0, labelled
+    doc = json.loads(labelled.out)
+    assert len(doc["predictions"]) == len(files)
+    for pred in doc["predictions"]:
+        s = served[pred["path"]]
+        assert pred["top_k"][0]["label"] == s["top"]
+        np.testing.assert_allclose(pred["probabilities"], s["probabilities"], atol=1e-5)
+
+
+def test_heldout_accuracy_gate(trained, fx):
+    r = run_cli("label", "--model", trained["base"], fx["heldout"], "--min_accuracy", "0.95", "--quiet")
+    assert r.code == 0, r
+    line = next(l for l in r.lines if l.startswith("Accuracy = "))
+    assert float(line.split("=")[1].split("%")[0]) >= 95
+    assert "Confusion matrix" in r.out and "Per-class accuracy:" in r.out
+    assert any(l.startswith("Model load time: ") for l in r.lines)
+    assert any(l.startswith("Mean inference time: ") for l in r.lines)
+
+
+def test_noise_does_not_pass_the_gate(fx, tmp_path):
+    write_image_set(str(tmp_path / "noise"), 40, seed=5, noise=True)
+    write_image_set(str(tmp_path / "noise_heldout"), 20, seed=6, noise=True)
+    r = run_cli("retrain", "--image_dir", tmp_path / "noise", "--tfhub_module", fx["module"],
+                "--bottleneck_dir", tmp_path / "c", "--saved_model_dir", tmp_path / "m",
+                "--summaries_dir", tmp_path / "r", *FAST_TRAIN)
+    assert r.code == 0, r
+    gate = run_cli("label", "--model", tmp_path / "m", tmp_path / "noise_heldout",
+                   "--min_accuracy", "0.9", "--quiet")
+    assert gate.code == 1, gate
+    assert "below --min_accuracy" in gate.err
+
+
+def test_same_seed_same_weights_and_cache_reuse(trained, fx, tmp_path):
+    def again(seed, run):
+        r = run_cli("retrain", "--image_dir", fx["images"], "--tfhub_module", fx["module"],
+                    "--bottleneck_dir", trained["cache"], "--saved_model_dir", tmp_path / f"m{run}",
+                    "--summaries_dir", tmp_path / "r", "--seed", seed, "--train_batch_size", 16,
+                    *FAST_TRAIN)
+        assert r.code == 0, r
+        assert "Bottlenecks: 120 reused from cache, 0 computed" in r.out
+        return exported_variables(r.lines[-1])
+
+    w0, b0 = again(3, "a")
+    w1, b1 = again(3, "b")
+    np.testing.assert_array_equal(w0, w1)
+    np.testing.assert_array_equal(b0, b1)
+    w2, _ = again(7, "c")
+    assert not np.array_equal(w0, w2)
+
+
+def test_added_images_compute_only_new_vectors(fx, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(fx["images"], data)
+    args = ["retrain", "--image_dir", data, "--tfhub_module", fx["module"],
+            "--bottleneck_dir", tmp_path / "c", "--saved_model_dir", tmp_path / "m",
+            "--summaries_dir", tmp_path / "r", *FAST_TRAIN]
+    assert "0 reused from cache, 120 computed" in run_cli(*args).out
+    write_image_set(str(tmp_path / "more"), 5, seed=9)
+    for cls in os.listdir(tmp_path / "more"):
+        for name in os.listdir(tmp_path / "more" / cls):
+            shutil.copy(tmp_path / "more" / cls / name, data / cls / ("new_" + name))
+    r = run_cli(*args)
+    assert "120 reused from cache, 15 computed" in r.out, r
+    assert len(os.listdir(tmp_path / "m")) == 2
+
+
+def test_label_flat_folder_lines_and_top_k(trained, fx, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, cls in enumerate(("red", "green")):
+        shutil.copy(os.path.join(fx["heldout"], cls, f"{cls}_0000.jpg"), flat / f"{i}.jpg")
+    r = run_cli("label", "--model", trained["base"], flat, "--top_k", "2", "--quiet")
+    assert r.code == 0, r
+    rows = [l.split() for l in r.lines if l.endswith(".jpg")]
+    assert len(rows) == 4
+    assert rows[0][0] == "red" and rows[0][2].endswith("0.jpg")
+    assert float(rows[0][1]) >= float(rows[1][1])
+    assert rows[2][0] == "green"
+    assert "Accuracy" not in r.out
+
+
+def test_label_picks_highest_complete_version(trained, fx, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(trained["version_dir"], base / "5")
+    shutil.copytree(trained["version_dir"], base / "12")
+    (base / "99").mkdir()  # incomplete: no saved_model.pb
+    (base / "not-a-version").mkdir()
+    r = run_cli("label", "--model", base, "--format", "json", "--quiet",
+                os.path.join(fx["heldout"], "red", "red_0000.jpg"))
+    assert r.code == 0, r
+    assert json.loads(r.out)["version"] == "12"
+
+
+def test_codelab_output(trained, fx):
+    image = os.path.join(fx["heldout"], "green", "green_0001.jpg")
+    r = run_cli("label", "--format", "codelab", "--graph", trained["base"], "--image", image,
+                "--labels", trained["work"] / "labels.txt", "--input_mean", "0", "--quiet")
+    assert r.code == 0, r
+    assert r.lines[0].startswith("Evaluation time (1-image): ") and r.lines[0].endswith("s")
+    assert r.lines[1] == ""
+    assert r.lines[2].startswith("green (score=0.")
+    assert len(r.lines) == 5
+
+
+def test_saved_model_cli_lists_both_signatures(trained):
+    cli = shutil.which("saved_model_cli")
+    assert cli, "saved_model_cli ships with tensorflow"
+    p = run_subprocess(cli, "show", "--all", "--dir", trained["version_dir"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = p.stdout
+    serving = out.split("signature_def['serving_default']")[1]
+    images = out.split("signature_def['predict_images']")[1].split("signature_def[")[0]
+    assert "inputs['image_bytes']" in serving and "DT_STRING" in serving
+    assert "inputs['images']" in images and "(-1, 32, 32, 3)" in images
+    for name in ("probabilities", "classes", "class_ids", "scores"):
+        assert f"outputs['{name}']" in serving and f"outputs['{name}']" in images
+
+
+@pytest.mark.slow
+def test_scripts_from_scratch(tmp_path):
+    """The README's offline smoke run: fixtures, train.sh, test_infer_validation.sh."""
+    py = sys.executable
+    env_py = {"PYTHON": py}
+    kit = tmp_path / "kit"
+    p = run_subprocess(py, "-m", "trxsfr", "fixtures", kit, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    bad = run_subprocess(os.path.join(REPO, "train.sh"), cwd=tmp_path)
+    assert bad.returncode == 2 and "usage:" in bad.stderr
+    os.environ.update(env_py)
+    try:
+        p = run_subprocess(os.path.join(REPO, "train.sh"), kit / "images", "--tfhub_module",
+                           kit / "module", "--how_many_training_steps", "300", cwd=tmp_path)
+        assert p.returncode == 0, p.stderr[-3000:]
+        version = p.stdout.strip().splitlines()[-1]
+        assert os.path.isdir(tmp_path / version) and os.path.basename(version).isdigit()
+        assert version.startswith("trxsfr_model")  # defaults land in the working directory
+        assert os.path.isdir(tmp_path / "trxsfr_cache") and os.path.isdir(tmp_path / "trxsfr_runs")
+        v = run_subprocess(os.path.join(REPO, "test_infer_validation.sh"), kit / "heldout",
+                           "--min_accuracy", "0.95", cwd=tmp_path)
+        assert v.returncode == 0, v.stdout[-2000:] + v.stderr[-2000:]
+        assert "Accuracy = " in v.stdout
+        gate = run_subprocess(os.path.join(REPO, "test_infer_validation.sh"), kit / "heldout",
+                              "trxsfr_model", "--min_accuracy", "1.0", cwd=tmp_path)
+        assert gate.returncode in (0, 1)
+        missing = run_subprocess(os.path.join(REPO, "test_infer_validation.sh"), tmp_path / "nope",
+                                 cwd=tmp_path)
+        assert missing.returncode == 2 and "trxsfr: error:" in missing.stderr
+        lab = run_subprocess(py, os.path.join(REPO, "label_image.py"), "--graph", "trxsfr_model",
+                             "--image", kit / "heldout" / "red" / "red_0000.jpg", cwd=tmp_path)
+        assert lab.returncode == 0 and "red (score=" in lab.stdout, lab.stderr[-2000:]
+    finally:
+        os.environ.pop("PYTHON", None)
