@@ -1,0 +1,143 @@
+"""Bottleneck cache: content keys, crash safety, resume, other modules untouched."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import FAST_TRAIN, REPO, run_cli
+from trxsfr.bottlenecks import BottleneckStore
+from trxsfr.fixtures import build_extractor, write_image_set
+
+
+def keys(n, salt=b""):
+    return [hashlib.sha256(salt + bytes([i % 256, i // 256])).digest() for i in range(n)]
+
+
+def test_store_roundtrip_and_reopen(tmp_path):
+    store = BottleneckStore(str(tmp_path), "ns", 8)
+    vecs = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    store.put_many(keys(50), vecs)
+    store.close()
+    again = BottleneckStore(str(tmp_path), "ns", 8)
+    assert len(again) == 50
+    got, bad = again.get_many(keys(50)[::-1])
+    assert bad == []
+    np.testing.assert_array_equal(got, vecs[::-1])
+
+
+def test_torn_tail_is_ignored_and_never_appended_to(tmp_path):
+    store = BottleneckStore(str(tmp_path), "ns", 8)
+    store.put_many(keys(10), np.ones((10, 8), np.float32))
+    store.close()
+    seg = [n for n in os.listdir(tmp_path / "ns") if n.startswith("seg-")]
+    assert len(seg) == 1
+    with open(tmp_path / "ns" / seg[0], "ab") as f:  # a crash mid-write: half a record
+        f.write(b"\x07" * 20)
+    reopened = BottleneckStore(str(tmp_path), "ns", 8)
+    assert len(reopened) == 10
+    reopened.put_many(keys(5, b"new"), np.zeros((5, 8), np.float32))
+    reopened.close()
+    assert len(os.listdir(tmp_path / "ns")) == 3  # meta + torn segment + a new one
+    final = BottleneckStore(str(tmp_path), "ns", 8)
+    assert len(final) == 15
+    assert final.get_many(keys(10))[1] == []
+
+
+def test_corrupt_record_is_detected(tmp_path):
+    store = BottleneckStore(str(tmp_path), "ns", 4)
+    store.put_many(keys(3), np.arange(12, dtype=np.float32).reshape(3, 4))
+    store.close()
+    seg = next(n for n in os.listdir(tmp_path / "ns") if n.startswith("seg-"))
+    path = tmp_path / "ns" / seg
+    data = bytearray(path.read_bytes())
+    data[store.record_bytes + 40] ^= 0xFF  # flip a bit in the 2nd vector
+    path.write_bytes(bytes(data))
+    got, bad = BottleneckStore(str(tmp_path), "ns", 4).get_many(keys(3))
+    assert bad == [1]
+
+
+def test_segment_count_stays_small(tmp_path):
+    store = BottleneckStore(str(tmp_path), "ns", 4)
+    for run in range(20):  # 20 runs of 50 vectors: appended to one segment
+        store.put_many(keys(50, bytes([run])), np.zeros((50, 4), np.float32))
+        store.close()
+        store = BottleneckStore(str(tmp_path), "ns", 4)
+    assert len([n for n in os.listdir(tmp_path / "ns") if n.startswith("seg-")]) == 1
+    assert len(store) == 1000
+
+
+def test_other_modules_entries_untouched(fx, tmp_path):
+    other = build_extractor(str(tmp_path / "other_module"), seed=1)
+    cache = tmp_path / "cache"
+    common = ["--image_dir", fx["images"], "--bottleneck_dir", cache,
+              "--saved_model_dir", tmp_path / "m", "--summaries_dir", tmp_path / "r", *FAST_TRAIN]
+    assert run_cli("retrain", "--tfhub_module", fx["module"], *common).code == 0
+    (first_ns,) = os.listdir(cache)
+
+    def snapshot(ns):
+        return {n: (cache / ns / n).read_bytes() for n in os.listdir(cache / ns)}
+
+    before = snapshot(first_ns)
+    r = run_cli("retrain", "--tfhub_module", other, *common)
+    assert r.code == 0 and "0 reused from cache, 120 computed" in r.out, r
+    assert len(os.listdir(cache)) == 2  # same architecture, other weights: other key
+    assert snapshot(first_ns) == before
+
+
+@pytest.mark.slow
+def test_kill_during_extraction_then_resume(tmp_path):
+    """SIGKILL a real retrain mid-extraction; the rerun computes only what is missing."""
+    module = build_extractor(str(tmp_path / "slow_module"), image_size=160, channels=(64, 128, 256))
+    data = write_image_set(str(tmp_path / "data"), 150, seed=3)
+    total = 450
+
+    def args(cache, models):
+        return [sys.executable, "-m", "trxsfr", "retrain", "--image_dir", data,
+                "--tfhub_module", module, "--bottleneck_dir", cache, "--saved_model_dir", models,
+                "--summaries_dir", tmp_path / "runs", "--bottleneck_batch_size", "8",
+                "--how_many_training_steps", "100", "--train_batch_size", "32", "--quiet"]
+
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen([str(a) for a in args(tmp_path / "cache", tmp_path / "m1")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    record = 32 + 4 * 512 + 4
+    written = 0
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        segs = [os.path.join(r, n) for r, _, ns in os.walk(tmp_path / "cache") for n in ns
+                if n.startswith("seg-")]
+        written = sum(os.path.getsize(s) for s in segs) // record
+        if written >= 40:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "extraction finished before it could be killed"
+    assert 40 <= written < total
+    assert not os.path.exists(tmp_path / "m1") or not [
+        n for n in os.listdir(tmp_path / "m1") if n.isdigit()]
+
+    resumed = subprocess.run([str(a) for a in args(tmp_path / "cache", tmp_path / "m1")],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    line = next(l for l in resumed.stdout.splitlines() if l.startswith("Bottlenecks:"))
+    reused = int(line.split()[1])
+    computed = int(line.split(",")[1].split()[0])
+    assert reused + computed == total
+    assert reused >= written - 8 and computed <= total - written + 8  # at most a batch in flight
+    clean = subprocess.run([str(a) for a in args(tmp_path / "cache2", tmp_path / "m2")],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+
+    import tensorflow as tf
+
+    a = tf.saved_model.load(resumed.stdout.strip().splitlines()[-1])
+    b = tf.saved_model.load(clean.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(a.weights.numpy(), b.weights.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a.bias.numpy(), b.bias.numpy(), rtol=1e-4, atol=1e-5)
