@@ -22,7 +22,12 @@ EXIT_OK, EXIT_BELOW_GATE, EXIT_BAD_INPUT = 0, 1, 2
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows defaults, except empty ones (None, False, []) that say nothing."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, []) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _out(line: str = "") -> None:
@@ -43,16 +48,17 @@ def add_retrain_parser(sub) -> None:
         ),
     )
     g = p.add_argument_group("Data")
-    g.add_argument("--image_dir", required=True,
-                   help="Folder with one sub-folder of images per class; folder names are the labels.")
+    g.add_argument("--image_dir", required=True, default=argparse.SUPPRESS,
+                   help="Required. Folder with one sub-folder of images per class; folder names "
+                        "are the labels.")
     g.add_argument("--validation_percentage", type=float, default=d.validation_percentage,
                    help="Percentage of images held out to validate during training (0 allowed).")
     g.add_argument("--testing_percentage", type=float, default=d.testing_percentage,
                    help="Percentage of images held out for the final test accuracy (0 allowed).")
     g = p.add_argument_group("Module")
-    g.add_argument("--tfhub_module", default=None,
-                   help=f"Feature-vector module: TF-Hub/Kaggle URL, local SavedModel directory, or "
-                        f"shortcut name (default {DEFAULT_MODULE}; see README for the table).")
+    g.add_argument("--tfhub_module", default=DEFAULT_MODULE,
+                   help="Feature-vector module: TF-Hub/Kaggle URL, local SavedModel directory, "
+                        "or shortcut name (table in the README).")
     g.add_argument("--architecture", default=None,
                    help="The codelab's model names (mobilenet_0.50_224, inception_v3, ...), "
                         "an alias for the matching shortcut; do not combine with --tfhub_module.")
@@ -73,7 +79,7 @@ def add_retrain_parser(sub) -> None:
                    help="Training images per step; -1 uses the whole training split.")
     g.add_argument("--eval_step_interval", type=int, default=d.eval_step_interval,
                    help="Evaluate (and write summaries) every this many steps; "
-                        "default: 1/100 of the steps.")
+                        "unset: 1/100 of the steps.")
     g.add_argument("--seed", type=int, default=d.seed,
                    help="Seed of batch sampling; same seed and data give identical weights.")
     g = p.add_argument_group("Export")
@@ -81,7 +87,8 @@ def add_retrain_parser(sub) -> None:
                    help="Base directory; each run adds a new <unix-epoch> version beneath it.")
     g.add_argument("--output_labels", default=d.output_labels,
                    help="Also write the labels, one per line, to this file (never replaced "
-                        "if it holds other labels). The model carries them in assets/labels.txt.")
+                        "if it holds other labels). The model carries them in assets/labels.txt; "
+                        "unset: no extra file.")
     g = p.add_argument_group("Output")
     g.add_argument("--summaries_dir", default=d.summaries_dir,
                    help="TensorBoard summaries go to a fresh run-<time> sub-directory here.")
@@ -92,12 +99,11 @@ def add_retrain_parser(sub) -> None:
 
 
 def retrain_config(args) -> RetrainConfig:
-    if args.architecture and args.tfhub_module:
+    if args.architecture and args.tfhub_module != DEFAULT_MODULE:
         raise InputError("give --tfhub_module or --architecture, not both")
     from trxsfr.modules import architecture_to_shortcut
 
-    module = architecture_to_shortcut(args.architecture) if args.architecture else \
-        (args.tfhub_module or DEFAULT_MODULE)
+    module = architecture_to_shortcut(args.architecture) if args.architecture else args.tfhub_module
     return RetrainConfig(
         image_dir=args.image_dir, tfhub_module=module, image_size=args.image_size,
         bottleneck_dir=args.bottleneck_dir, bottleneck_batch_size=args.bottleneck_batch_size,

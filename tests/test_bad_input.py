@@ -1,0 +1,429 @@
+"""Every bad input a user can plant: exit 2 and one `trxsfr: error:` line, or a clean skip.
+
+Bad data is built in tmp_path from copies of the session fixture JPEGs; every
+retrain writes its cache, models and summaries inside tmp_path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import FAST_TRAIN, run_cli
+
+CLASSES = ("blue", "green", "red")
+
+
+# ---------------------------------------------------------------- helpers
+
+def assert_bad_input(result, *needles) -> str:
+    """Exit 2, no traceback, exactly one `trxsfr: error:` line naming every needle."""
+    assert result.code == 2, result
+    assert "Traceback" not in result.err, result
+    errors = [line for line in result.err.splitlines() if line.startswith("trxsfr: error:")]
+    assert len(errors) == 1, result
+    for needle in needles:
+        assert str(needle) in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def fixture_jpegs(fx, label: str) -> list[str]:
+    folder = os.path.join(fx["images"], label)
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder))
+
+
+def make_set(fx, root, classes=CLASSES, per_class: int = 8) -> str:
+    """root/<class>/ with `per_class` copies of the fixture JPEGs of that class."""
+    for label in classes:
+        os.makedirs(os.path.join(root, label), exist_ok=True)
+        for src in fixture_jpegs(fx, label)[:per_class]:
+            shutil.copy(src, os.path.join(root, label, os.path.basename(src)))
+    return str(root)
+
+
+def dests(tmp_path) -> list:
+    """--bottleneck_dir, --saved_model_dir, --summaries_dir, all inside tmp_path."""
+    return ["--bottleneck_dir", tmp_path / "cache", "--saved_model_dir", tmp_path / "models",
+            "--summaries_dir", tmp_path / "runs"]
+
+
+def retrain(fx, tmp_path, image_dir, *extra, module=True):
+    args = ["retrain", "--image_dir", image_dir, *dests(tmp_path)]
+    if module:
+        args += ["--tfhub_module", fx["module"]]
+    return run_cli(*args, *FAST_TRAIN, *extra)
+
+
+def skipped_section(out: str) -> tuple[int, list[str]]:
+    """N of 'Skipped N file(s):' and the indented lines below it."""
+    lines = out.splitlines()
+    heads = [i for i, line in enumerate(lines) if re.fullmatch(r"Skipped \d+ file\(s\):", line)]
+    assert len(heads) == 1, out
+    start = heads[0]
+    n = int(re.search(r"\d+", lines[start]).group())
+    body = []
+    for line in lines[start + 1:]:
+        if not line.startswith("  "):
+            break
+        body.append(line.strip())
+    return n, body
+
+
+def class_counts(out: str) -> dict[str, int]:
+    """Total images per class from the 'Images per class and split:' table."""
+    counts = {}
+    for line in out.splitlines():
+        m = re.fullmatch(r"  (\S+)\s+(\d+)\s+(\d+)\s+(\d+)", line)
+        if m:
+            counts[m.group(1)] = sum(int(m.group(i)) for i in (2, 3, 4))
+    return counts
+
+
+def tree(path) -> dict[str, str]:
+    """Relative file path -> sha256 of its content, for every file below `path`."""
+    found = {}
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            with open(full, "rb") as f:
+                found[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
+# ---------------------------------------------------------------- retrain: data
+
+def test_image_dir_missing(fx, tmp_path):
+    missing = tmp_path / "no_such_dir"
+    assert_bad_input(retrain(fx, tmp_path, missing), "--image_dir", missing)
+
+
+def test_image_dir_empty(fx, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_bad_input(retrain(fx, tmp_path, empty), empty)
+
+
+def test_single_class(fx, tmp_path):
+    root = make_set(fx, tmp_path / "data", classes=("red",))
+    line = assert_bad_input(retrain(fx, tmp_path, root), root)
+    assert "2 classes" in line
+
+
+@pytest.mark.parametrize("content", ["txt", "zero_byte_jpg"])
+def test_unusable_class_beside_one_good_class(fx, tmp_path, content):
+    root = make_set(fx, tmp_path / "data", classes=("red",))
+    os.makedirs(os.path.join(root, "blue"))
+    if content == "txt":
+        with open(os.path.join(root, "blue", "notes.txt"), "w") as f:
+            f.write("not an image\n")
+    else:
+        open(os.path.join(root, "blue", "empty.jpg"), "wb").close()
+    result = retrain(fx, tmp_path, root)
+    assert_bad_input(result, root)
+    assert not os.path.exists(tmp_path / "models"), "no model version from a failed run"
+    # The user must learn which class folder was left out, not only that one is missing.
+    assert "blue" in result.err, result
+
+
+@pytest.mark.parametrize("content", ["txt", "zero_byte_jpg"])
+def test_unusable_class_beside_two_good_classes_is_left_out(fx, tmp_path, content):
+    root = make_set(fx, tmp_path / "data", classes=("red", "green"), per_class=6)
+    os.makedirs(os.path.join(root, "blue"))
+    if content == "txt":
+        with open(os.path.join(root, "blue", "notes.txt"), "w") as f:
+            f.write("not an image\n")
+    else:
+        open(os.path.join(root, "blue", "empty.jpg"), "wb").close()
+    result = retrain(fx, tmp_path, root)
+    assert result.code == 0, result
+    assert "Traceback" not in result.err
+    assert re.search(r"class folder blue .*left out", result.out + result.err), result
+    assert set(class_counts(result.out)) == {"green", "red"}, result
+    with open(os.path.join(result.lines[-1], "assets", "labels.txt")) as f:
+        assert f.read().split() == ["green", "red"]
+
+
+def test_percentages_leave_no_training_split(fx, tmp_path):
+    result = retrain(fx, tmp_path, fx["images"],
+                     "--validation_percentage", "50", "--testing_percentage", "50")
+    assert_bad_input(result, "--validation_percentage", "--testing_percentage")
+
+
+# ---------------------------------------------------------------- retrain: module
+
+def test_module_path_missing(fx, tmp_path):
+    missing = tmp_path / "no_module"
+    assert_bad_input(retrain(fx, tmp_path, fx["images"], "--tfhub_module", missing, module=False),
+                     missing)
+
+
+def test_module_dir_not_a_saved_model(fx, tmp_path):
+    not_model = tmp_path / "not_model"
+    not_model.mkdir()
+    (not_model / "README.txt").write_text("hello\n")
+    line = assert_bad_input(
+        retrain(fx, tmp_path, fx["images"], "--tfhub_module", not_model, module=False), not_model)
+    assert "SavedModel" in line
+
+
+@pytest.fixture(scope="module")
+def vector_module(tmp_path_factory):
+    """A SavedModel whose __call__ takes float32 [None, 4] vectors: not an image model."""
+    import tensorflow as tf
+
+    class VectorModel(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(np.ones((4, 3), np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+        def __call__(self, x):
+            return tf.matmul(x, self.w)
+
+    path = str(tmp_path_factory.mktemp("vector") / "module")
+    tf.saved_model.save(VectorModel(), path)
+    return path
+
+
+@pytest.mark.parametrize("image_size", [None, "32"])
+def test_module_not_an_image_feature_vector(fx, tmp_path, vector_module, image_size):
+    extra = ["--tfhub_module", vector_module]
+    if image_size:
+        extra += ["--image_size", image_size]
+    line = assert_bad_input(retrain(fx, tmp_path, fx["images"], *extra, module=False),
+                            vector_module)
+    # Say what is wrong with the module; do not send the user after --image_size.
+    assert "feature vector" in line or "feature_vector" in line, line
+
+
+def test_image_size_does_not_fit_module(fx, tmp_path):
+    line = assert_bad_input(retrain(fx, tmp_path, fx["images"], "--image_size", "64"),
+                            "--image_size", "64")
+    assert "32x32" in line
+
+
+def test_architecture_nonsense(fx, tmp_path):
+    result = run_cli("retrain", "--image_dir", fx["images"], *dests(tmp_path),
+                     "--architecture", "nonsense", *FAST_TRAIN)
+    assert_bad_input(result, "--architecture", "nonsense")
+
+
+def test_zero_training_steps(fx, tmp_path):
+    result = retrain(fx, tmp_path, fx["images"], "--how_many_training_steps", "0")
+    assert_bad_input(result, "--how_many_training_steps")
+
+
+# ---------------------------------------------------------------- retrain: destinations
+
+def test_saved_model_dir_is_a_file(fx, tmp_path):
+    target = tmp_path / "model_file"
+    target.write_text("mine\n")
+    result = run_cli("retrain", "--image_dir", fx["images"], "--tfhub_module", fx["module"],
+                     "--bottleneck_dir", tmp_path / "cache", "--summaries_dir", tmp_path / "runs",
+                     "--saved_model_dir", target, *FAST_TRAIN)
+    assert_bad_input(result, "--saved_model_dir", target)
+    assert target.read_text() == "mine\n"
+
+
+def test_output_labels_with_other_content_is_kept(fx, tmp_path):
+    root = make_set(fx, tmp_path / "data", per_class=4)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    result = retrain(fx, tmp_path, root, "--output_labels", labels)
+    assert_bad_input(result, "--output_labels", labels)
+    assert labels.read_text() == "cat\ndog\n"
+    models = tmp_path / "models"
+    assert not os.path.isdir(models) or not os.listdir(models), "no version from a failed run"
+
+
+# ---------------------------------------------------------------- retrain: bad files in a good set
+
+@pytest.fixture(scope="module")
+def bad_files_run(fx, tmp_path_factory):
+    """One retrain over 3 good classes with broken, foreign and system files planted."""
+    from PIL import Image
+
+    tmp_path = tmp_path_factory.mktemp("bad_files")
+    root = make_set(fx, tmp_path / "data", per_class=8)
+    good = fixture_jpegs(fx, "red")[0]
+    with open(good, "rb") as f:
+        jpeg = f.read()
+    with open(os.path.join(root, "red", "truncated.jpg"), "wb") as f:
+        f.write(jpeg[:200])
+    open(os.path.join(root, "green", "zero.jpg"), "wb").close()
+    with open(os.path.join(root, "blue", "text.jpg"), "w") as f:
+        f.write("this is not a JPEG\n" * 20)
+    Image.open(good).save(os.path.join(root, "green", "photo.tiff"))
+    for label in ("red", "blue"):
+        with open(os.path.join(root, label, ".DS_Store"), "wb") as f:
+            f.write(b"\0\0\0\1Bud1" + os.urandom(64))
+        with open(os.path.join(root, label, "Thumbs.db"), "wb") as f:
+            f.write(os.urandom(128))
+    # Formats TF decodes, which must train rather than be skipped.
+    src = Image.open(fixture_jpegs(fx, "blue")[-1]).convert("RGB")
+    src.save(os.path.join(root, "blue", "extra.png"))
+    src.save(os.path.join(root, "blue", "extra.bmp"))
+    src.save(os.path.join(root, "red", "UPPER.JPG"), quality=90)
+    frames = [Image.open(p).convert("RGB").resize((48, 48)) for p in fixture_jpegs(fx, "green")[-2:]]
+    frames[0].save(os.path.join(root, "green", "anim.gif"), save_all=True,
+                   append_images=frames[1:], duration=100, loop=0)
+    return retrain(fx, tmp_path, root)
+
+
+BAD_FILES = ["red/truncated.jpg", "green/zero.jpg", "blue/text.jpg", "green/photo.tiff"]
+
+
+def test_bad_files_are_skipped_named_and_counted(bad_files_run):
+    result = bad_files_run
+    assert result.code == 0, result
+    assert "Traceback" not in result.err
+    n, body = skipped_section(result.out)
+    assert n == len(BAD_FILES) == len(body), result.out
+    for path in BAD_FILES:
+        rows = [line for line in body if line.startswith(path + ": ")]
+        assert len(rows) == 1, (path, body)
+        assert rows[0][len(path) + 2:].strip(), f"no reason given for {path}"
+    for name in ("extra.png", "extra.bmp", "UPPER.JPG", "anim.gif"):
+        assert name not in result.out + result.err, name
+    both = (result.out + result.err).lower()
+    assert ".ds_store" not in both and "thumbs.db" not in both
+    assert class_counts(result.out) == {"blue": 8 + 2, "green": 8 + 1, "red": 8 + 1}, result.out
+
+
+def test_skip_reasons_are_plain_words(bad_files_run):
+    """A reason is for the user: no TF graph-function names, op names or cut-off words."""
+    _, body = skipped_section(bad_files_run.out)
+    for line in body:
+        reason = line.split(": ", 1)[1]
+        assert "{{function_node" not in reason and "[Op:" not in reason, line
+
+
+# ---------------------------------------------------------------- retrain: empty splits
+
+def test_no_validation_split_trains_with_a_note(fx, tmp_path):
+    root = make_set(fx, tmp_path / "data", per_class=10)
+    result = retrain(fx, tmp_path, root, "--validation_percentage", "0",
+                     "--testing_percentage", "20")
+    assert result.code == 0, result
+    assert any(line.startswith("Note:") and "validation" in line for line in result.lines), result
+    assert "Final validation accuracy" not in result.out
+    assert "Final test accuracy" in result.out
+
+
+def test_no_test_split_trains_with_a_note(fx, tmp_path):
+    root = make_set(fx, tmp_path / "data", per_class=10)
+    result = retrain(fx, tmp_path, root, "--testing_percentage", "0")
+    assert result.code == 0, result
+    assert "Final test accuracy" not in result.out
+    assert any(line.startswith("Note:") and "test" in line for line in result.lines), result
+
+
+# ---------------------------------------------------------------- retrain: nothing lost
+
+def test_second_run_keeps_first_version_and_summaries(fx, trained, tmp_path):
+    base = tmp_path / "models"
+    runs = tmp_path / "runs"
+    shutil.copytree(trained["base"], base)
+    shutil.copytree(trained["runs"], runs)
+    (first_version,) = os.listdir(base)
+    (first_run,) = os.listdir(runs)
+    before_version, before_run = tree(base / first_version), tree(runs / first_run)
+    assert before_version and before_run
+
+    root = make_set(fx, tmp_path / "data", per_class=6)
+    result = retrain(fx, tmp_path, root)
+    assert result.code == 0, result
+
+    assert tree(base / first_version) == before_version
+    assert tree(runs / first_run) == before_run
+    new_version = os.path.basename(result.lines[-1])
+    assert os.path.dirname(result.lines[-1]) == str(base)
+    assert int(new_version) > int(first_version)
+    assert sorted(os.listdir(base)) == sorted([first_version, new_version])
+    assert len(os.listdir(runs)) == 2
+
+
+# ---------------------------------------------------------------- label
+
+def label(trained, *args):
+    return run_cli("label", "--model", trained["version_dir"], *args)
+
+
+@pytest.mark.parametrize("kind", ["empty", "random_files", "junk_saved_model"])
+def test_label_model_dir_not_a_model(trained, fx, tmp_path, kind):
+    model = tmp_path / "model"
+    model.mkdir()
+    if kind == "random_files":
+        (model / "notes.txt").write_text("hello\n")
+        (model / "weights.bin").write_bytes(os.urandom(256))
+        (model / "variables").mkdir()
+    elif kind == "junk_saved_model":
+        (model / "saved_model.pb").write_bytes(os.urandom(256))
+        (model / "assets").mkdir()
+        (model / "assets" / "labels.txt").write_text("a\nb\n")
+    result = run_cli("label", "--model", model, fixture_jpegs(fx, "red")[0])
+    assert_bad_input(result, model)
+
+
+def test_label_model_missing(fx, tmp_path):
+    missing = tmp_path / "no_model"
+    result = run_cli("label", "--model", missing, fixture_jpegs(fx, "red")[0])
+    assert_bad_input(result, missing)
+
+
+def test_label_empty_input_folder(trained, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_bad_input(label(trained, empty), empty)
+
+
+def test_label_input_missing(trained, tmp_path):
+    missing = tmp_path / "nothing.jpg"
+    assert_bad_input(label(trained, missing), missing)
+
+
+def test_label_min_accuracy_out_of_range(trained, fx):
+    result = label(trained, fx["heldout"], "--min_accuracy", "5")
+    assert_bad_input(result, "--min_accuracy")
+
+
+def test_label_unknown_subfolder_not_evaluated(trained, fx, tmp_path):
+    heldout = tmp_path / "heldout"
+    shutil.copytree(fx["heldout"], heldout)
+    os.makedirs(heldout / "cats")
+    for src in fixture_jpegs(fx, "red")[:3]:
+        shutil.copy(src, heldout / "cats" / os.path.basename(src))
+    known = sum(len(os.listdir(heldout / c)) for c in CLASSES)
+
+    result = label(trained, heldout)
+    assert result.code == 0, result
+    assert "Traceback" not in result.err
+    assert any(line.startswith("not evaluated:") and str(heldout / "cats") in line
+               for line in result.lines), result.out
+    (accuracy,) = [line for line in result.lines if line.startswith("Accuracy = ")]
+    assert f"(N={known})" in accuracy, (accuracy, known)
+    assert f"Images: {known} labelled" in result.out
+    cats = os.path.join(str(heldout / "cats"), "")
+    assert cats not in "\n".join(
+        line for line in result.lines if not line.startswith("not evaluated:")), result.out
+
+
+def test_label_broken_jpeg_is_skipped(trained, fx, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for src in fixture_jpegs(fx, "green")[:3]:
+        shutil.copy(src, folder / os.path.basename(src))
+    with open(fixture_jpegs(fx, "green")[0], "rb") as f:
+        (folder / "broken.jpg").write_bytes(f.read()[:200])
+
+    result = label(trained, folder)
+    assert result.code == 0, result
+    assert "Traceback" not in result.err
+    broken = str(folder / "broken.jpg")
+    assert any(line.startswith(f"skipped: {broken}: ") for line in result.lines), result.out
+    assert "Images: 3 labelled, 1 skipped" in result.out
