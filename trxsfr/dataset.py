@@ -202,9 +202,11 @@ def check_trainable(image_set: ImageSet) -> None:
         )
     if len(image_set.labels) < 2:
         have = ", ".join(image_set.labels) or "none"
+        empty = (f"; class folders without usable images: {', '.join(image_set.empty_classes)}"
+                 if image_set.empty_classes else "")
         raise DatasetError(
             f"need at least 2 classes with usable images under {image_set.root}, "
-            f"found {len(image_set.labels)} ({have})"
+            f"found {len(image_set.labels)} ({have}){empty}"
         )
     if not any(item.split == Split.TRAIN for item in image_set.items):
         raise DatasetError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Sequence
 
@@ -55,6 +56,15 @@ def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int) 
     return ds.batch(batch_size).prefetch(2)
 
 
+_DECODE_ERRORS = (
+    ("Unknown image file format", "not a JPEG, PNG, GIF or BMP file"),
+    ("Invalid JPEG data", "truncated or corrupt JPEG data"),
+    ("jpeg::Uncompress failed", "truncated or corrupt JPEG data"),
+    ("Invalid PNG data", "truncated or corrupt PNG data"),
+    ("Invalid GIF data", "truncated or corrupt GIF data"),
+)
+
+
 def decode_error(path: str, size: tuple[int, int]) -> str:
     """Why one file does not decode, in a few words (runs eagerly; for failures only)."""
     try:
@@ -64,6 +74,11 @@ def decode_error(path: str, size: tuple[int, int]) -> str:
         decode_and_resize(data, size)
     except Exception as e:  # TF raises InvalidArgumentError etc. with its own words
         text = (getattr(e, "message", None) or str(e)).strip()
+        for needle, reason in _DECODE_ERRORS:
+            if needle in text:
+                return reason
+        text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+        text = re.sub(r"\s*\[Op:\w+\].*$", "", text, flags=re.S)
         return "cannot decode: " + (text.splitlines() or [type(e).__name__])[0][:160]
     return "cannot decode"
 

@@ -109,15 +109,22 @@ def fingerprint_dir(path: str) -> str:
     return digest.hexdigest()
 
 
-def _fixed_input_size(module) -> Optional[tuple[int, int]]:
-    """The (height, width) the module's call signature fixes, if it does."""
+def _input_shapes(module) -> list:
+    """Shapes of the first argument of the module's traced call signatures."""
     call = getattr(module, "__call__", None)
+    shapes = []
     for concrete in getattr(call, "concrete_functions", []) or []:
         args, _ = concrete.structured_input_signature
         if args and hasattr(args[0], "shape"):
-            shape = args[0].shape
-            if shape.rank == 4 and shape[1] is not None and shape[2] is not None:
-                return int(shape[1]), int(shape[2])
+            shapes.append(args[0].shape)
+    return shapes
+
+
+def _fixed_input_size(shapes) -> Optional[tuple[int, int]]:
+    """The (height, width) the call signatures fix, if they do."""
+    for shape in shapes:
+        if shape.rank == 4 and shape[1] is not None and shape[2] is not None:
+            return int(shape[1]), int(shape[2])
     return None
 
 
@@ -161,7 +168,14 @@ def load(handle: str, image_size: Optional[int] = None) -> Extractor:
             f"module {handle} is not callable: trxsfr needs a TF2 image feature-vector "
             f"SavedModel (images -> [N, D]); TF1 Hub format modules are not supported"
         )
-    fixed = _fixed_input_size(module)
+    shapes = _input_shapes(module)
+    if shapes and not any(s.rank in (None, 4) and s[-1] in (None, 3) if s.rank else True
+                          for s in shapes):
+        raise ModuleError(
+            f"module {handle} takes {shapes[0]} inputs, not float32 [N, H, W, 3] images; "
+            f"it is not an image feature vector"
+        )
+    fixed = _fixed_input_size(shapes)
     if fixed and image_size and (image_size, image_size) != fixed:
         raise ModuleError(
             f"module {handle} takes {fixed[0]}x{fixed[1]} images; --image_size {image_size} does not fit"
@@ -174,9 +188,8 @@ def load(handle: str, image_size: Optional[int] = None) -> Extractor:
     try:
         probe = module(tf.zeros([1, size[0], size[1], 3], tf.float32))
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModuleError(
-            f"module {handle} rejects float32 [1, {size[0]}, {size[1]}, 3] images ({first[:200]}); "
+            f"module {handle} rejects float32 [1, {size[0]}, {size[1]}, 3] images; "
             f"it is not an image feature vector of that size"
         ) from e
     if isinstance(probe, dict) or not hasattr(probe, "shape") or probe.shape.rank != 2 \

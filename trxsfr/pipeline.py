@@ -68,6 +68,8 @@ def retrain(config: RetrainConfig) -> RetrainResult:
                                  config.testing_percentage)
     dataset.check_trainable(image_set)
     export.check_base_dir(config.saved_model_dir)
+    if config.output_labels:  # fail before the long work, not after it
+        export.check_labels_file(config.output_labels, image_set.labels)
     for flag, value in (("how_many_training_steps", config.how_many_training_steps),
                         ("train_batch_size", config.train_batch_size),
                         ("bottleneck_batch_size", config.bottleneck_batch_size)):
