@@ -19,6 +19,15 @@ def keys(n, salt=b""):
     return [hashlib.sha256(salt + bytes([i % 256, i // 256])).digest() for i in range(n)]
 
 
+def get_many(store, ks):
+    out = np.empty((len(ks), store.dim), np.float32)
+    return out, store.read_into(ks, out)
+
+
+def segments(folder):
+    return [n for n in os.listdir(folder) if n.startswith("seg-") and n.endswith(".bin")]
+
+
 def test_store_roundtrip_and_reopen(tmp_path):
     store = BottleneckStore(str(tmp_path), "ns", 8)
     vecs = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
@@ -26,7 +35,7 @@ def test_store_roundtrip_and_reopen(tmp_path):
     store.close()
     again = BottleneckStore(str(tmp_path), "ns", 8)
     assert len(again) == 50
-    got, bad = again.get_many(keys(50)[::-1])
+    got, bad = get_many(again, keys(50)[::-1])
     assert bad == []
     np.testing.assert_array_equal(got, vecs[::-1])
 
@@ -35,7 +44,7 @@ def test_torn_tail_is_ignored_and_never_appended_to(tmp_path):
     store = BottleneckStore(str(tmp_path), "ns", 8)
     store.put_many(keys(10), np.ones((10, 8), np.float32))
     store.close()
-    seg = [n for n in os.listdir(tmp_path / "ns") if n.startswith("seg-")]
+    seg = segments(tmp_path / "ns")
     assert len(seg) == 1
     with open(tmp_path / "ns" / seg[0], "ab") as f:  # a crash mid-write: half a record
         f.write(b"\x07" * 20)
@@ -43,22 +52,38 @@ def test_torn_tail_is_ignored_and_never_appended_to(tmp_path):
     assert len(reopened) == 10
     reopened.put_many(keys(5, b"new"), np.zeros((5, 8), np.float32))
     reopened.close()
-    assert len(os.listdir(tmp_path / "ns")) == 3  # meta + torn segment + a new one
+    assert len(segments(tmp_path / "ns")) == 2  # the torn one and a new one
     final = BottleneckStore(str(tmp_path), "ns", 8)
     assert len(final) == 15
-    assert final.get_many(keys(10))[1] == []
+    assert get_many(final, keys(10))[1] == []
+
+
+def test_lost_keys_file_tail_is_rebuilt_from_records(tmp_path):
+    store = BottleneckStore(str(tmp_path), "ns", 4)
+    vecs = np.arange(40, dtype=np.float32).reshape(10, 4)
+    store.put_many(keys(10), vecs)
+    store.close()
+    (seg,) = segments(tmp_path / "ns")
+    keys_file = tmp_path / "ns" / seg.replace(".bin", ".keys")
+    keys_file.write_bytes(keys_file.read_bytes()[:32 * 6])  # killed between the two writes
+    again = BottleneckStore(str(tmp_path), "ns", 4)
+    got, bad = get_many(again, keys(10))
+    assert bad == [] and np.array_equal(got, vecs)
+    again.put_many(keys(3, b"x"), np.zeros((3, 4), np.float32))  # not appended to the torn pair
+    again.close()
+    assert len(segments(tmp_path / "ns")) == 2
 
 
 def test_corrupt_record_is_detected(tmp_path):
     store = BottleneckStore(str(tmp_path), "ns", 4)
     store.put_many(keys(3), np.arange(12, dtype=np.float32).reshape(3, 4))
     store.close()
-    seg = next(n for n in os.listdir(tmp_path / "ns") if n.startswith("seg-"))
+    (seg,) = segments(tmp_path / "ns")
     path = tmp_path / "ns" / seg
     data = bytearray(path.read_bytes())
     data[store.record_bytes + 40] ^= 0xFF  # flip a bit in the 2nd vector
     path.write_bytes(bytes(data))
-    got, bad = BottleneckStore(str(tmp_path), "ns", 4).get_many(keys(3))
+    got, bad = get_many(BottleneckStore(str(tmp_path), "ns", 4), keys(3))
     assert bad == [1]
 
 
@@ -68,7 +93,7 @@ def test_segment_count_stays_small(tmp_path):
         store.put_many(keys(50, bytes([run])), np.zeros((50, 4), np.float32))
         store.close()
         store = BottleneckStore(str(tmp_path), "ns", 4)
-    assert len([n for n in os.listdir(tmp_path / "ns") if n.startswith("seg-")]) == 1
+    assert len(segments(tmp_path / "ns")) == 1
     assert len(store) == 1000
 
 
@@ -111,7 +136,7 @@ def test_kill_during_extraction_then_resume(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         segs = [os.path.join(r, n) for r, _, ns in os.walk(tmp_path / "cache") for n in ns
-                if n.startswith("seg-")]
+                if n.startswith("seg-") and n.endswith(".bin")]
         written = sum(os.path.getsize(s) for s in segs) // record
         if written >= 40:
             proc.send_signal(signal.SIGKILL)
@@ -141,3 +166,34 @@ def test_kill_during_extraction_then_resume(tmp_path):
     b = tf.saved_model.load(clean.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(a.weights.numpy(), b.weights.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(a.bias.numpy(), b.bias.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_path_index_skips_rehash_and_catches_changes(tmp_path, monkeypatch):
+    from trxsfr import bottlenecks
+
+    files = []
+    for i in range(5):
+        p = tmp_path / f"{i}.jpg"
+        p.write_bytes(bytes([i]) * 100)
+        files.append(str(p))
+    index = bottlenecks.PathIndex(str(tmp_path / "paths.idx"))
+    first, failed = bottlenecks.content_keys(files, index)
+    assert failed == [] and first[0] == hashlib.sha256(b"\x00" * 100).digest()
+
+    calls = []
+    real = bottlenecks._file_key
+    monkeypatch.setattr(bottlenecks, "_file_key", lambda p: calls.append(p) or real(p))
+    reopened = bottlenecks.PathIndex(str(tmp_path / "paths.idx"))
+    assert bottlenecks.content_keys(files, reopened)[0] == first
+    assert calls == []  # nothing re-read
+    st = os.stat(files[2])
+    with open(files[2], "wb") as f:  # same size, new content, new mtime
+        f.write(b"\xff" * 100)
+    os.utime(files[2], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    again = bottlenecks.content_keys(files, reopened)[0]
+    assert calls == [files[2]]
+    assert again[2] == hashlib.sha256(b"\xff" * 100).digest()
+    assert again[:2] == first[:2]
+    with open(tmp_path / "paths.idx", "ab") as f:  # a torn line from a crash is ignored
+        f.write(b"abc 12")
+    assert bottlenecks.PathIndex(str(tmp_path / "paths.idx")).get(files[0], os.stat(files[0])) == first[0]

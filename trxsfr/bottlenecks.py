@@ -1,15 +1,19 @@
 """Bottleneck cache: one feature vector per distinct image, computed once, kept on disk.
 
 Layout: `<bottleneck_dir>/<store key>/` per (extractor fingerprint, preprocessing,
-image size), holding `meta.json` and append-only segment files `seg-*.bin`.
-A segment is a run of fixed-size records:
+image size), holding `meta.json`, `paths.idx` and pairs of append-only segment files:
 
-    sha256(image bytes) [32 bytes] | float32 vector [dim] | crc32 of both [4 bytes]
+    seg-*.bin   fixed-size records: sha256(image bytes) [32] | float32 [dim] | crc32 [4]
+    seg-*.keys  the same records' keys alone, so opening the store reads 32 bytes per
+                vector instead of the whole cache
 
 A record counts only if it is whole and its CRC matches, so a process killed at
-any instant leaves at worst a torn tail that is ignored (and never appended to);
-a rerun computes only the vectors that are missing. Segments grow to
-`SEGMENT_BYTES` before a new one starts, so the file count stays small.
+any instant leaves at worst a torn tail that is ignored and never appended to;
+a rerun computes only the vectors that are missing. A segment grows to
+`SEGMENT_BYTES` before a new one starts, so files stay few.
+
+`paths.idx` maps (path, size, mtime, inode) to the content key, so a rerun
+does not re-read and re-hash every image; a changed file is hashed again.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import os
 import time
 import uuid
 import zlib
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
 SEGMENT_BYTES = 1 << 30
+_READ_CHUNK_BYTES = 16 << 20
 
 
 def content_key(data: bytes) -> bytes:
@@ -43,25 +48,77 @@ def content_key(data: bytes) -> bytes:
 
 
 def _file_key(path: str) -> bytes:
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return content_key(f.read())
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.digest()
+
+
+class PathIndex:
+    """(path, size, mtime_ns, inode) -> content key, as an append-only text file."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._entries: dict[str, tuple[int, int, int, bytes]] = {}
+        self._lines = 0
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                for raw in f:
+                    if not raw.endswith(b"\n"):
+                        break  # torn last line of a crashed run
+                    try:
+                        key, size, mtime, ino, name = raw[:-1].decode("utf-8").split(" ", 4)
+                        self._entries[name] = (int(size), int(mtime), int(ino), bytes.fromhex(key))
+                        self._lines += 1
+                    except ValueError:
+                        continue
+
+    def get(self, path: str, st: os.stat_result) -> Optional[bytes]:
+        entry = self._entries.get(path)
+        if entry and entry[:3] == (st.st_size, st.st_mtime_ns, st.st_ino):
+            return entry[3]
+        return None
+
+    def add_many(self, rows: Sequence[tuple[str, os.stat_result, bytes]]) -> None:
+        lines = []
+        for path, st, key in rows:
+            if "\n" in path:
+                continue  # cannot be stored on one line; it is simply hashed every run
+            self._entries[path] = (st.st_size, st.st_mtime_ns, st.st_ino, key)
+            lines.append(f"{key.hex()} {st.st_size} {st.st_mtime_ns} {st.st_ino} {path}\n")
+        if not lines:
+            return
+        if self._lines > 2 * len(self._entries) + 10_000:
+            self._compact()
+        with open(self.path, "ab") as f:
+            f.write("".join(lines).encode("utf-8"))
+        self._lines += len(lines)
+
+    def _compact(self) -> None:
+        tmp = f"{self.path}.{uuid.uuid4().hex[:8]}.tmp"
+        with open(tmp, "wb") as f:
+            for name, (size, mtime, ino, key) in self._entries.items():
+                f.write(f"{key.hex()} {size} {mtime} {ino} {name}\n".encode("utf-8"))
+        os.replace(tmp, self.path)
+        self._lines = len(self._entries)
 
 
 class BottleneckStore:
     """Vectors of one extractor + preprocessing, keyed by image content."""
 
     def __init__(self, root: str, namespace: str, dim: int, meta: Optional[dict] = None):
+        if os.path.exists(root) and not os.path.isdir(root):
+            raise InputError(f"--bottleneck_dir {root} is a file; pass a directory")
         self.dir = os.path.join(root, namespace)
         self.dim = dim
         self.record_bytes = KEY_BYTES + 4 * dim + 4
         self._dtype = np.dtype([("key", f"V{KEY_BYTES}"), ("vec", "<f4", (dim,)), ("crc", "<u4")])
         self._index: dict[bytes, tuple[str, int]] = {}
         self._writer = None
-        self._writer_path = None
-        if os.path.exists(root) and not os.path.isdir(root):
-            raise InputError(f"--bottleneck_dir {root} is a file; pass a directory")
         os.makedirs(self.dir, exist_ok=True)
         self._write_meta(dict(meta or {}, dim=dim, format="trxsfr-bottlenecks-1"))
+        self.paths = PathIndex(os.path.join(self.dir, "paths.idx"))
         self.refresh()
 
     def _write_meta(self, meta: dict) -> None:
@@ -79,22 +136,31 @@ class BottleneckStore:
         os.replace(tmp, path)
 
     def _segments(self) -> list[str]:
-        return sorted(n for n in os.listdir(self.dir) if n.startswith("seg-") and n.endswith(".bin"))
+        return sorted(n[:-4] for n in os.listdir(self.dir) if n.startswith("seg-") and n.endswith(".bin"))
 
-    def _records(self, name: str) -> np.ndarray:
-        path = os.path.join(self.dir, name)
-        count = os.path.getsize(path) // self.record_bytes
-        if count == 0:
-            return np.zeros(0, self._dtype)
-        return np.memmap(path, self._dtype, mode="r", shape=(count,))
+    def _counts(self, seg: str) -> tuple[int, int, bool]:
+        """(whole records in .bin, keys in .keys, both files clean for appending)."""
+        bin_size = os.path.getsize(os.path.join(self.dir, seg + ".bin"))
+        keys_path = os.path.join(self.dir, seg + ".keys")
+        keys_size = os.path.getsize(keys_path) if os.path.exists(keys_path) else 0
+        records, keys = bin_size // self.record_bytes, keys_size // KEY_BYTES
+        clean = bin_size % self.record_bytes == 0 and keys_size == keys * KEY_BYTES \
+            and keys == records
+        return records, keys, clean
 
     def refresh(self) -> None:
         """Re-read which keys the segments hold (records are verified when read)."""
         index = {}
-        for name in self._segments():
-            raw = self._records(name)["key"].tobytes()
+        for seg in self._segments():
+            records, keys, _ = self._counts(seg)
+            with open(os.path.join(self.dir, seg + ".keys"), "rb") if keys else _Empty() as f:
+                raw = f.read(min(records, keys) * KEY_BYTES)
+            if keys < records:  # crashed between the two writes: take the keys from .bin
+                with open(os.path.join(self.dir, seg + ".bin"), "rb") as f:
+                    for i in range(keys, records):
+                        raw += os.pread(f.fileno(), KEY_BYTES, i * self.record_bytes)
             for i in range(len(raw) // KEY_BYTES):
-                index.setdefault(raw[i * KEY_BYTES:(i + 1) * KEY_BYTES], (name, i))
+                index.setdefault(raw[i * KEY_BYTES:(i + 1) * KEY_BYTES], (seg, i))
         self._index = index
 
     def __contains__(self, key: bytes) -> bool:
@@ -103,81 +169,108 @@ class BottleneckStore:
     def __len__(self) -> int:
         return len(self._index)
 
-    def get_many(self, keys: Sequence[bytes]) -> tuple[np.ndarray, list[int]]:
-        """Vectors for `keys` as float32 [len(keys), dim], and the positions whose record was bad."""
-        out = np.zeros((len(keys), self.dim), np.float32)
+    def read_into(self, keys: Sequence[bytes], out: np.ndarray) -> list[int]:
+        """Fill float32 out[i] with the vector of keys[i]; return the i whose record was bad.
+
+        Reads only the records asked for (whole chunks where they are dense), so
+        memory stays at `out` plus one chunk, however large the cache.
+        """
         bad = []
         by_segment: dict[str, list[tuple[int, int]]] = {}
         for pos, key in enumerate(keys):
-            name, i = self._index[key]
-            by_segment.setdefault(name, []).append((pos, i))
-        for name, wanted in by_segment.items():
-            records = self._records(name)
-            positions = np.array([p for p, _ in wanted])
-            rows = records[np.array([i for _, i in wanted])]
-            for pos, row in zip(positions, rows):
-                payload = row["key"].tobytes() + row["vec"].tobytes()
-                if zlib.crc32(payload) != int(row["crc"]):
-                    bad.append(int(pos))
-            out[positions] = rows["vec"]
-        if bad:
-            for pos in bad:  # never trust that record again in this process
-                self._index.pop(keys[pos], None)
-        return out, bad
+            seg, i = self._index[key]
+            by_segment.setdefault(seg, []).append((i, pos))
+        rec = self.record_bytes
+        per_chunk = max(1, _READ_CHUNK_BYTES // rec)
+        for seg, wanted in by_segment.items():
+            wanted.sort()
+            with open(os.path.join(self.dir, seg + ".bin"), "rb") as f:
+                fd = f.fileno()
+                start = 0
+                while start < len(wanted):
+                    first = wanted[start][0]
+                    stop = start
+                    while stop < len(wanted) and wanted[stop][0] < first + per_chunk:
+                        stop += 1
+                    last = wanted[stop - 1][0]
+                    buf = os.pread(fd, (last - first + 1) * rec, first * rec)
+                    records = np.frombuffer(buf, self._dtype, count=len(buf) // rec)
+                    for i, pos in wanted[start:stop]:
+                        j = i - first
+                        if j >= len(records) or zlib.crc32(buf[j * rec:(j + 1) * rec - 4]) \
+                                != int(records["crc"][j]):
+                            bad.append(pos)
+                            continue
+                        out[pos] = records["vec"][j]
+                    start = stop
+        for pos in bad:  # never trust that record again in this process
+            self._index.pop(keys[pos], None)
+        return bad
 
     def _open_writer(self):
-        for name in reversed(self._segments()):
-            path = os.path.join(self.dir, name)
-            size = os.path.getsize(path)
-            if size % self.record_bytes or size >= SEGMENT_BYTES:
-                continue  # torn tail from a crash, or full: start elsewhere
-            f = open(path, "ab")
+        for seg in reversed(self._segments()):
+            records, _, clean = self._counts(seg)
+            if not clean or records * self.record_bytes >= SEGMENT_BYTES:
+                continue  # torn by a crash, or full: start elsewhere
+            f = open(os.path.join(self.dir, seg + ".bin"), "ab")
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 f.close()
                 continue  # another run is appending to it
-            if os.path.getsize(path) % self.record_bytes == 0:
-                return f, name
+            if self._counts(seg)[2]:
+                return f, open(os.path.join(self.dir, seg + ".keys"), "ab"), seg
             f.close()
-        name = f"seg-{int(time.time()):010d}-{uuid.uuid4().hex[:8]}.bin"
-        f = open(os.path.join(self.dir, name), "ab")
+        seg = f"seg-{int(time.time()):010d}-{uuid.uuid4().hex[:8]}"
+        f = open(os.path.join(self.dir, seg + ".bin"), "ab")
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return f, name
+        return f, open(os.path.join(self.dir, seg + ".keys"), "ab"), seg
 
     def put_many(self, keys: Sequence[bytes], vectors: np.ndarray) -> None:
-        """Append records; each call's records reach the OS before it returns."""
-        if self._writer is None or self._writer.tell() >= SEGMENT_BYTES:
+        """Append records; they reach the OS (survive a killed process) before this returns."""
+        if self._writer is None or self._writer[0].tell() >= SEGMENT_BYTES:
             self.close()
-            self._writer, self._writer_path = self._open_writer()
+            self._writer = self._open_writer()
+        bin_file, keys_file, seg = self._writer
         records = np.zeros(len(keys), self._dtype)
         records["key"] = np.frombuffer(b"".join(keys), f"V{KEY_BYTES}")
         records["vec"] = vectors
-        start = self._writer.tell() // self.record_bytes
         raw = records.tobytes()
-        step = self.record_bytes
-        for i in range(len(keys)):
-            records["crc"][i] = zlib.crc32(raw[i * step:(i + 1) * step - 4])
-        self._writer.write(records.tobytes())
-        self._writer.flush()
+        rec = self.record_bytes
+        records["crc"] = [zlib.crc32(raw[i * rec:(i + 1) * rec - 4]) for i in range(len(keys))]
+        start = bin_file.tell() // rec
+        bin_file.write(records.tobytes())
+        bin_file.flush()
+        keys_file.write(b"".join(keys))
+        keys_file.flush()
         for i, key in enumerate(keys):
-            self._index.setdefault(key, (self._writer_path, start + i))
+            self._index.setdefault(key, (seg, start + i))
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            for f in self._writer[:2]:
+                f.close()
             self._writer = None
+
+
+class _Empty:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def read(self, n):
+        return b""
 
 
 def store_for(bottleneck_dir: str, extractor) -> BottleneckStore:
     """The store of `extractor` under `bottleneck_dir` (other extractors' stores are untouched)."""
-    from trxsfr.imaging import PREPROCESSING_VERSION
-
     h, w = extractor.image_size
-    namespace_src = f"{extractor.fingerprint}|{PREPROCESSING_VERSION}|{h}x{w}"
+    namespace_src = f"{extractor.fingerprint}|{imaging.PREPROCESSING_VERSION}|{h}x{w}"
     namespace = f"{hashlib.sha256(namespace_src.encode()).hexdigest()[:20]}-{h}x{w}"
     meta = {"module": extractor.handle, "fingerprint": extractor.fingerprint,
-            "preprocessing": PREPROCESSING_VERSION, "image_size": [h, w]}
+            "preprocessing": imaging.PREPROCESSING_VERSION, "image_size": [h, w]}
     return BottleneckStore(bottleneck_dir, namespace, extractor.dim, meta)
 
 
@@ -185,10 +278,41 @@ def store_for(bottleneck_dir: str, extractor) -> BottleneckStore:
 class EnsureResult:
     features: np.ndarray  # float32 [len(ok), dim], rows in the order of `ok`
     ok: list[int]  # positions in the input list that have a vector
-    failed: list[Skipped]
+    failed: list[Skipped]  # with the absolute path
     reused: int
     computed: int
     seconds: float
+
+
+def content_keys(paths: Sequence[str], index: PathIndex) -> tuple[list[Optional[bytes]], list[Skipped]]:
+    """sha256 of each file, from `index` when size, mtime and inode are unchanged."""
+    keys: list[Optional[bytes]] = [None] * len(paths)
+    failed, fresh = [], []
+    stats: list[Optional[os.stat_result]] = [None] * len(paths)
+    for i, path in enumerate(paths):
+        try:
+            stats[i] = os.stat(path)
+        except OSError as e:
+            failed.append(Skipped(path, f"cannot read: {e.strerror or e}"))
+            continue
+        keys[i] = index.get(path, stats[i])
+    todo = [i for i in range(len(paths)) if keys[i] is None and stats[i] is not None]
+
+    def hash_one(i):
+        try:
+            return i, _file_key(paths[i]), None
+        except OSError as e:
+            return i, None, f"cannot read: {e.strerror or e}"
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # hashlib releases the GIL
+        for i, key, error in pool.map(hash_one, todo):
+            if error:
+                failed.append(Skipped(paths[i], error))
+            else:
+                keys[i] = key
+                fresh.append((paths[i], stats[i], key))
+    index.add_many(fresh)
+    return keys, failed
 
 
 def ensure(
@@ -210,20 +334,8 @@ def ensure(
         on_batch: called with the running count of computed vectors (tests, benchmarks).
     """
     start = time.perf_counter()
-    failed: list[Skipped] = []
-    keys: list[Optional[bytes]] = [None] * len(paths)
-
-    def key_of(i):
-        try:
-            keys[i] = _file_key(paths[i])
-        except OSError as e:
-            failed.append(Skipped(paths[i], f"cannot read: {e.strerror or e}"))
-
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        list(pool.map(key_of, range(len(paths))))
-
-    missing_pos = []
-    seen = set()
+    keys, failed = content_keys(paths, store.paths)
+    missing_pos, seen = [], set()
     for i, key in enumerate(keys):
         if key is not None and key not in store and key not in seen:
             seen.add(key)
@@ -242,21 +354,27 @@ def ensure(
                 bar.update(len(pos))
                 if on_batch:
                     on_batch(computed)
+        bad_keys = {}
         for p in np.flatnonzero(~returned):
             i = missing_pos[p]
-            failed.append(Skipped(paths[i], imaging.decode_error(paths[i], extractor.image_size)))
-            bad_key = keys[i]
-            for j, key in enumerate(keys):  # identical bytes fail identically
-                if key == bad_key and j != i:
-                    failed.append(Skipped(paths[j], failed[-1].reason))
-    failed_paths = {f.path for f in failed}
-    ok = [i for i, key in enumerate(keys) if key is not None and paths[i] not in failed_paths]
-    features, bad = store.get_many([keys[i] for i in ok])
-    if bad:  # corrupted records (disk trouble): recompute those, once
-        log.warning("%d cached vectors failed their checksum; recomputing them", len(bad))
-        redo = [paths[ok[b]] for b in bad]
-        again = ensure(redo, extractor, store, batch_size, progress=False)
+            bad_keys[keys[i]] = imaging.decode_error(paths[i], extractor.image_size)
+        for i, key in enumerate(keys):  # identical bytes fail identically
+            if key in bad_keys:
+                failed.append(Skipped(paths[i], bad_keys[key]))
+                keys[i] = None
+    ok = [i for i, key in enumerate(keys) if key is not None]
+    features = np.empty((len(ok), store.dim), np.float32)
+    bad = store.read_into([keys[i] for i in ok], features)
+    if bad:  # records damaged on disk: compute those again, once
+        log.warning("%d cached vectors failed their checksum; computing them again", len(bad))
+        again = ensure([paths[ok[b]] for b in bad], extractor, store, batch_size, progress=False)
         features[np.array(bad)[again.ok]] = again.features
         computed += again.computed
+        failed += again.failed
+        lost = {bad[j] for j in range(len(bad)) if j not in set(again.ok)}
+        if lost:
+            keep = [r for r in range(len(ok)) if r not in lost]
+            ok, features = [ok[r] for r in keep], features[keep]
+    failed.sort(key=lambda s: s.path)
     return EnsureResult(features, ok, failed, len(ok) - computed, computed,
                         time.perf_counter() - start)

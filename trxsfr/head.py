@@ -11,6 +11,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "momentum", "sgd")
+_CHUNK_ROWS = 8192
 
 
 @dataclasses.dataclass
@@ -36,9 +37,17 @@ class TrainResult:
     seconds: float
 
 
-def _standardiser(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = features.mean(axis=0)
-    std = features.std(axis=0)
+def _standardiser(features: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and deviation, in row chunks (no full-size temporaries)."""
+    n = len(features)
+    mean = np.zeros(features.shape[1], np.float64)
+    for i in range(0, n, chunk):
+        mean += features[i:i + chunk].sum(axis=0, dtype=np.float64)
+    mean /= max(n, 1)
+    var = np.zeros_like(mean)
+    for i in range(0, n, chunk):
+        var += np.square(features[i:i + chunk] - mean).sum(axis=0)
+    std = np.sqrt(var / max(n, 1))
     # Constant features (e.g. dead ReLUs) get unit scale rather than a blow-up.
     floor = max(float(std.mean()) * 1e-3, 1e-8)
     return mean.astype(np.float32), np.maximum(std, floor).astype(np.float32)
@@ -63,6 +72,8 @@ def train(
     Features are standardised with the training set's mean and deviation inside
     the loop (fast, well-conditioned learning) and the scaling is folded back
     into the returned weights, so the exported layer takes raw bottlenecks.
+    `features` is never copied whole: each chunk of steps gathers its own
+    batches, so memory stays at the caller's array plus one chunk.
 
     Args:
         features: float32 [N, D] training bottlenecks.
@@ -82,10 +93,10 @@ def train(
     start = time.perf_counter()
     n, dim = features.shape
     mean, std = _standardiser(features)
-    x_train = tf.constant((features - mean) / std)
-    y_train = tf.constant(labels.astype(np.int32))
+    tf_mean, tf_inv_std = tf.constant(mean), tf.constant(1.0 / std)
+    labels = labels.astype(np.int32)
     if validation is not None and len(validation[1]):
-        x_val = tf.constant((validation[0] - mean) / std)
+        x_val = tf.constant(validation[0])
         y_val = tf.constant(validation[1].astype(np.int32))
     else:
         x_val = y_val = None
@@ -97,17 +108,16 @@ def train(
     lr = tf.constant(learning_rate, tf.float32)
 
     def loss_and_accuracy(x, y):
-        logits = tf.matmul(x, w) + b
+        logits = tf.matmul((x - tf_mean) * tf_inv_std, w) + b
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
         acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, tf.int32), y), tf.float32))
         return loss, acc
 
     @tf.function
-    def run(batches):  # int32 [k, B]: k optimisation steps
+    def run(xs, ys):  # float32 [k, B, D], int32 [k, B]: k optimisation steps
         loss = acc = tf.constant(0.0)
-        for i in tf.range(tf.shape(batches)[0]):
-            idx = batches[i]
-            x, y = tf.gather(x_train, idx), tf.gather(y_train, idx)
+        for i in tf.range(tf.shape(xs)[0]):
+            x, y = xs[i], ys[i]
             with tf.GradientTape() as tape:
                 loss, acc = loss_and_accuracy(x, y)
             grads = tape.gradient(loss, [w, b])
@@ -138,13 +148,18 @@ def train(
                    for s in ("train", "validation")}
     history = []
     step = 0
+    # Steps per call of `run`: enough to amortise the call, few enough that the
+    # gathered batches stay small (about _CHUNK_ROWS rows).
+    per_call = max(1, _CHUNK_ROWS // batch)
     while step < steps:
         k = min(eval_interval, steps - step)
-        if batch == n:
-            batches = np.tile(np.arange(n, dtype=np.int32), (k, 1))
-        else:
-            batches = np.stack([rng.choice(n, batch, replace=False) for _ in range(k)]).astype(np.int32)
-        loss, acc = run(tf.constant(batches))
+        for done in range(0, k, per_call):
+            m = min(per_call, k - done)
+            if batch == n:
+                batches = np.tile(np.arange(n, dtype=np.int32), (m, 1))
+            else:
+                batches = np.stack([rng.choice(n, batch, replace=False) for _ in range(m)])
+            loss, acc = run(tf.constant(features[batches]), tf.constant(labels[batches]))
         step += k
         row = {"step": step, "train_accuracy": float(acc), "train_cross_entropy": float(loss)}
         if x_val is not None:

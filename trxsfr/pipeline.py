@@ -83,10 +83,11 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     log.info("module %s: %dx%d images -> %d-d features", config.tfhub_module,
              *extractor.image_size, extractor.dim)
     store = bottlenecks.store_for(config.bottleneck_dir, extractor)
-    paths = [image_set.abs_path(item) for item in image_set.items]
+    # Ask for vectors in split order, so each split is one contiguous block of rows.
+    ordered = [it for split in Split for it in image_set.of_split(split)]
     try:
-        cached = bottlenecks.ensure(paths, extractor, store, config.bottleneck_batch_size,
-                                    progress=config.progress)
+        cached = bottlenecks.ensure([image_set.abs_path(it) for it in ordered], extractor, store,
+                                    config.bottleneck_batch_size, progress=config.progress)
     finally:
         store.close()
     timings["bottlenecks_s"] = cached.seconds
@@ -95,7 +96,7 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     root = image_set.root
     failed = [Skipped(os.path.relpath(f.path, root).replace(os.sep, "/"), f.reason)
               for f in cached.failed]
-    vectors = {image_set.items[i].path: cached.features[row] for row, i in enumerate(cached.ok)}
+    row_of = {ordered[i].path: row for row, i in enumerate(cached.ok)}
     image_set = image_set.without(failed)
     dataset.check_trainable(image_set)
     notes = dataset.warnings_of(image_set)
@@ -104,8 +105,11 @@ def retrain(config: RetrainConfig) -> RetrainResult:
 
     def split_arrays(split: Split):
         items = image_set.of_split(split)
-        x = np.stack([vectors[it.path] for it in items]) if items else \
-            np.zeros((0, extractor.dim), np.float32)
+        rows = np.array([row_of[it.path] for it in items], np.int64)
+        if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+            x = cached.features[rows[0]:rows[0] + len(rows)]  # a view, not a copy
+        else:
+            x = cached.features[rows]
         return items, x, np.array([it.label for it in items], np.int64)
 
     _, x_train, y_train = split_arrays(Split.TRAIN)
