@@ -363,7 +363,9 @@ def ensure(
                 failed.append(Skipped(paths[i], bad_keys[key]))
                 keys[i] = None
     ok = [i for i, key in enumerate(keys) if key is not None]
-    features = np.empty((len(ok), store.dim), np.float32)
+    from trxsfr.head import aligned_empty  # aligned, so training can use it without a copy
+
+    features = aligned_empty((len(ok), store.dim))
     bad = store.read_into([keys[i] for i in ok], features)
     if bad:  # records damaged on disk: compute those again, once
         log.warning("%d cached vectors failed their checksum; computing them again", len(bad))

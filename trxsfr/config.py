@@ -20,6 +20,13 @@ class RetrainConfig:
     how_many_training_steps: int = 4000
     learning_rate: float = 0.01
     optimizer: str = "adam"
+    label_smoothing: float = 0.0
+    l2: float = 0.0
+    dropout: float = 0.0
+    class_weight: str = "none"
+    early_stopping_patience: int = 0
+    # Hyper-parameter sweep: ((field name, (value, ...)), ...); one head per combination.
+    sweep: tuple = ()
     train_batch_size: int = 100
     validation_percentage: float = 10.0
     testing_percentage: float = 10.0

@@ -37,6 +37,8 @@ class RetrainResult:
     notes: list[str]
     summary_dir: Optional[str]
     timings: dict
+    sweep: list[dict]  # one row per combination when sweeping, else empty
+    chosen: dict  # the hyper-parameters of the exported head
 
 
 def fresh_run_dir(summaries_dir: str) -> str:
@@ -52,6 +54,55 @@ def fresh_run_dir(summaries_dir: str) -> str:
         except FileExistsError:
             continue
     raise InputError(f"cannot find a fresh run directory under {summaries_dir}")
+
+
+SWEEPABLE = ("learning_rate", "l2", "label_smoothing")
+
+
+def head_options(config: RetrainConfig):
+    from trxsfr import head
+
+    steps = config.how_many_training_steps
+    return head.HeadOptions(
+        steps=steps, learning_rate=config.learning_rate, batch_size=config.train_batch_size,
+        eval_interval=config.eval_step_interval or default_eval_interval(steps),
+        seed=config.seed, optimizer=config.optimizer, label_smoothing=config.label_smoothing,
+        l2=config.l2, dropout=config.dropout, class_weight=config.class_weight,
+        early_stopping_patience=config.early_stopping_patience,
+    )
+
+
+def sweep_grid(sweep: tuple) -> list[dict]:
+    """Every combination of the swept values, in flag order: [{name: value, ...}, ...]."""
+    combos = [{}]
+    for name, values in sweep:
+        combos = [dict(c, **{name: v}) for c in combos for v in values]
+    return combos
+
+
+def run_sweep(config, x_train, y_train, num_classes, validation, summary_dir):
+    """Train one head per combination on the same vectors; keep the lowest validation loss."""
+    from trxsfr import head
+
+    rows, best = [], None
+    x_val, y_val = validation
+    for combo in sweep_grid(config.sweep):
+        cfg = dataclasses.replace(config, **combo)
+        name = ",".join(f"{k}={v:g}" for k, v in combo.items())
+        trained = head.train(x_train, y_train, num_classes, head_options(cfg), validation,
+                             os.path.join(summary_dir, name) if summary_dir else None)
+        probs = trained.head.probabilities(x_val)
+        xent = float(-np.mean(np.log(np.maximum(probs[np.arange(len(y_val)), y_val], 1e-12))))
+        acc = float(np.mean(probs.argmax(axis=1) == y_val))
+        rows.append(dict(combo, validation_cross_entropy=xent, validation_accuracy=acc,
+                         seconds=trained.seconds))
+        log.info("sweep %s: validation cross entropy %.4f, accuracy %.1f%% (%.1fs)",
+                 name, xent, 100 * acc, trained.seconds)
+        if best is None or xent < best[0]:
+            best = (xent, combo, trained)
+    for row in rows:
+        row["chosen"] = all(row[k] == v for k, v in best[1].items())
+    return best[2], rows
 
 
 def retrain(config: RetrainConfig) -> RetrainResult:
@@ -121,15 +172,22 @@ def retrain(config: RetrainConfig) -> RetrainResult:
         notes.append("test split is empty: no final test accuracy")
 
     summary_dir = fresh_run_dir(config.summaries_dir) if config.summaries_dir else None
-    steps = config.how_many_training_steps
-    trained = head.train(
-        x_train, y_train, len(image_set.labels), steps=steps,
-        learning_rate=config.learning_rate, batch_size=config.train_batch_size,
-        eval_interval=config.eval_step_interval or default_eval_interval(steps),
-        seed=config.seed, optimizer=config.optimizer,
-        validation=(x_val, y_val) if len(y_val) else None, summary_dir=summary_dir,
-    )
-    timings["train_s"] = trained.seconds
+    validation = (x_val, y_val) if len(y_val) else None
+    if config.early_stopping_patience and validation is None:
+        raise InputError("--early_stopping_patience needs a validation split; "
+                         "raise --validation_percentage above 0")
+    t1 = time.perf_counter()
+    sweep_rows = []
+    if config.sweep:
+        if validation is None:
+            raise InputError("a sweep picks by validation cross-entropy; "
+                             "raise --validation_percentage above 0")
+        trained, sweep_rows = run_sweep(config, x_train, y_train, len(image_set.labels),
+                                        validation, summary_dir)
+    else:
+        trained = head.train(x_train, y_train, len(image_set.labels), head_options(config),
+                             validation=validation, summary_dir=summary_dir)
+    timings["train_s"] = time.perf_counter() - t1
 
     test_accuracy, misclassified = None, []
     if len(y_test):
@@ -139,6 +197,9 @@ def retrain(config: RetrainConfig) -> RetrainResult:
         misclassified = [(it.path, labels[t], labels[p])
                          for it, t, p in zip(test_items, y_test, pred) if t != p]
 
+    chosen = next((
+        {k: v for k, v in row.items() if k in SWEEPABLE} for row in sweep_rows if row["chosen"]),
+        {k: getattr(config, k) for k in SWEEPABLE})
     counts = {label: {s.value: n for s, n in row.items()}
               for label, row in image_set.counts().items()}
     last = trained.history[-1] if trained.history else {}
@@ -148,7 +209,10 @@ def retrain(config: RetrainConfig) -> RetrainResult:
         "module": {"handle": config.tfhub_module, "fingerprint": extractor.fingerprint,
                    "image_size": list(extractor.image_size), "feature_dim": extractor.dim},
         "labels": list(image_set.labels),
-        "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "progress"},
+        "config": dict({k: v for k, v in dataclasses.asdict(config).items()
+                        if k not in ("progress", "sweep")}, **chosen),
+        "sweep": sweep_rows,
+        "best_step": trained.best_step,
         "metrics": {
             "test_accuracy": test_accuracy, "test_count": int(len(y_test)),
             "validation_accuracy": last.get("validation_accuracy"),
@@ -174,4 +238,5 @@ def retrain(config: RetrainConfig) -> RetrainResult:
         test_accuracy=test_accuracy, test_count=int(len(y_test)), misclassified=misclassified,
         history=trained.history, reused=cached.reused, computed=cached.computed,
         skipped=image_set.skipped, notes=notes, summary_dir=summary_dir, timings=timings,
+        sweep=sweep_rows, chosen=chosen,
     )
