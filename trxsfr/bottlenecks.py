@@ -33,6 +33,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from trxsfr import imaging
+from trxsfr.arrays import aligned_empty
 from trxsfr.dataset import Skipped
 from trxsfr.errors import InputError
 
@@ -315,6 +316,11 @@ def content_keys(paths: Sequence[str], index: PathIndex) -> tuple[list[Optional[
     return keys, failed
 
 
+def variant_key(key: bytes, spec: str, variant: int) -> bytes:
+    """Cache key of distorted view `variant` of the image whose content key is `key`."""
+    return content_key(key + f"|{spec}|{variant}".encode())
+
+
 def ensure(
     paths: Sequence[str],
     extractor,
@@ -322,6 +328,8 @@ def ensure(
     batch_size: int = 32,
     progress: bool = True,
     on_batch: Optional[Callable[[int], None]] = None,
+    distortion: Optional[imaging.Distortion] = None,
+    copies: int = 0,
 ) -> EnsureResult:
     """Make sure every image in `paths` has a cached vector; return all vectors.
 
@@ -332,51 +340,66 @@ def ensure(
         batch_size: images per forward pass.
         progress: draw a progress bar (only when stderr is a terminal).
         on_batch: called with the running count of computed vectors (tests, benchmarks).
+        distortion, copies: instead of each image's plain vector, `copies` vectors of
+            distorted views per image (keyed by content, distortion and view index,
+            so a rerun with the same flags computes nothing). Rows are grouped per
+            image, views in order; `ok` repeats each image's position `copies` times.
     """
     start = time.perf_counter()
     keys, failed = content_keys(paths, store.paths)
-    missing_pos, seen = [], set()
-    for i, key in enumerate(keys):
-        if key is not None and key not in store and key not in seen:
+    views = copies if distortion is not None else 1
+    # One job per vector: (position in paths, its cache key).
+    jobs = [(i, variant_key(k, distortion.spec(), v) if distortion is not None else k)
+            for i, k in enumerate(keys) if k is not None for v in range(views)]
+    missing, seen = [], set()
+    for j, (_, key) in enumerate(jobs):
+        if key not in store and key not in seen:
             seen.add(key)
-            missing_pos.append(i)
+            missing.append(j)
     computed = 0
-    if missing_pos:
-        ds = imaging.image_dataset([paths[i] for i in missing_pos], extractor.image_size, batch_size)
-        returned = np.zeros(len(missing_pos), bool)
-        with imaging.progress_bar(len(missing_pos), "bottlenecks", progress) as bar:
+    bad_paths = {}
+    if missing:
+        seeds = None
+        if distortion is not None:
+            seeds = np.stack([np.frombuffer(jobs[j][1][:16], np.int64) for j in missing])
+        ds = imaging.image_dataset([paths[jobs[j][0]] for j in missing], extractor.image_size,
+                                   batch_size, distortion, seeds)
+        returned = np.zeros(len(missing), bool)
+        with imaging.progress_bar(len(missing), "bottlenecks", progress) as bar:
             for pos, images in ds:
                 vectors = extractor(images).numpy()
                 pos = pos.numpy()
                 returned[pos] = True
-                store.put_many([keys[missing_pos[p]] for p in pos], vectors)
+                store.put_many([jobs[missing[p]][1] for p in pos], vectors)
                 computed += len(pos)
                 bar.update(len(pos))
                 if on_batch:
                     on_batch(computed)
         bad_keys = {}
         for p in np.flatnonzero(~returned):
-            i = missing_pos[p]
+            i = jobs[missing[p]][0]
             bad_keys[keys[i]] = imaging.decode_error(paths[i], extractor.image_size)
         for i, key in enumerate(keys):  # identical bytes fail identically
             if key in bad_keys:
+                bad_paths[i] = bad_keys[key]
                 failed.append(Skipped(paths[i], bad_keys[key]))
-                keys[i] = None
-    ok = [i for i, key in enumerate(keys) if key is not None]
-    from trxsfr.head import aligned_empty  # aligned, so training can use it without a copy
-
-    features = aligned_empty((len(ok), store.dim))
-    bad = store.read_into([keys[i] for i in ok], features)
+    jobs = [job for job in jobs if job[0] not in bad_paths]
+    features = aligned_empty((len(jobs), store.dim))  # training reads it without a copy
+    bad = store.read_into([key for _, key in jobs], features)
     if bad:  # records damaged on disk: compute those again, once
         log.warning("%d cached vectors failed their checksum; computing them again", len(bad))
-        again = ensure([paths[ok[b]] for b in bad], extractor, store, batch_size, progress=False)
-        features[np.array(bad)[again.ok]] = again.features
+        redo = sorted({jobs[b][0] for b in bad})
+        again = ensure([paths[i] for i in redo], extractor, store, batch_size, False, None,
+                       distortion, copies)
+        if again.failed or again.computed < len(bad):
+            raise InputError(f"bottleneck cache {store.dir} is damaged and cannot be repaired "
+                             f"in place; point --bottleneck_dir somewhere new")
+        features = aligned_empty((len(jobs), store.dim))
+        if store.read_into([key for _, key in jobs], features):
+            raise InputError(f"bottleneck cache {store.dir} keeps failing its checksums; "
+                             f"point --bottleneck_dir somewhere new")
         computed += again.computed
-        failed += again.failed
-        lost = {bad[j] for j in range(len(bad)) if j not in set(again.ok)}
-        if lost:
-            keep = [r for r in range(len(ok)) if r not in lost]
-            ok, features = [ok[r] for r in keep], features[keep]
     failed.sort(key=lambda s: s.path)
+    ok = [i for i, _ in jobs]
     return EnsureResult(features, ok, failed, len(ok) - computed, computed,
                         time.perf_counter() - start)

@@ -28,6 +28,16 @@ class RetrainConfig:
     # Hyper-parameter sweep: ((field name, (value, ...)), ...); one head per combination.
     sweep: tuple = ()
     train_batch_size: int = 100
+    # Distortions (TF retrain.py's flags), cached as `augment_copies` views per training image.
+    flip_left_right: bool = False
+    random_crop: float = 0.0
+    random_scale: float = 0.0
+    random_brightness: float = 0.0
+    augment_copies: int = 4
+    # Fine-tuning of the extractor after the new layer is trained; 0 steps: off.
+    fine_tune_steps: int = 0
+    fine_tune_learning_rate: float = 1e-4
+    fine_tune_batch_size: int = 16
     validation_percentage: float = 10.0
     testing_percentage: float = 10.0
     eval_step_interval: Optional[int] = None  # None: derived from the step count

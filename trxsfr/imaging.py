@@ -1,11 +1,14 @@
-"""The one preprocessing function: training, `label` and the exported signature all use it."""
+"""The one preprocessing function (training, `label` and the exported signature all use it),
+the tf.data pipeline around it, and the training-only distortions."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
-from typing import Sequence
+from typing import Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 # Bump when decode_and_resize changes what it computes: it is part of the cache key.
@@ -37,20 +40,70 @@ def decode_batch(image_bytes: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     )
 
 
-def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int) -> tf.data.Dataset:
+@dataclasses.dataclass(frozen=True)
+class Distortion:
+    """TF retrain.py's training distortions; percentages as in its flags."""
+
+    flip_left_right: bool = False
+    random_crop: float = 0.0  # margin cropped off, % of the image size
+    random_scale: float = 0.0  # up to this % larger before the crop
+    random_brightness: float = 0.0  # pixels multiplied by 1 ± up to this %
+
+    @property
+    def active(self) -> bool:
+        return bool(self.flip_left_right or self.random_crop or self.random_scale
+                    or self.random_brightness)
+
+    def spec(self) -> str:
+        """Identifies what the distortion computes; part of a variant's cache key."""
+        return (f"distort-v1 flip={int(self.flip_left_right)} crop={self.random_crop:g} "
+                f"scale={self.random_scale:g} brightness={self.random_brightness:g}")
+
+
+def distort(image_bytes: tf.Tensor, size: tuple[int, int], d: Distortion, seed: tf.Tensor) -> tf.Tensor:
+    """A randomly distorted training view of one image, fixed by `seed` (int64 [2]).
+
+    As retrain.py: scale up by the crop margin and a random factor, crop a
+    random window of `size`, maybe flip, multiply brightness; then clip to [0, 1].
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    scale = (1.0 + d.random_crop / 100.0) * tf.random.stateless_uniform(
+        [], seeds[0], 1.0, 1.0 + d.random_scale / 100.0 + 1e-9)
+    precrop = tf.cast(tf.math.ceil(scale * tf.constant(size, tf.float32)), tf.int32)
+    image = tf.image.resize(image, precrop, method="bilinear", antialias=True)
+    image = tf.image.stateless_random_crop(image, [size[0], size[1], 3], seeds[1])
+    if d.flip_left_right:
+        image = tf.image.stateless_random_flip_left_right(image, seeds[2])
+    if d.random_brightness:
+        image *= tf.random.stateless_uniform([], seeds[3], 1.0 - d.random_brightness / 100.0,
+                                             1.0 + d.random_brightness / 100.0)
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int,
+                  distortion: Optional[Distortion] = None,
+                  seeds: Optional[np.ndarray] = None) -> tf.data.Dataset:
     """Files -> batches of (int64 [B] positions in `paths`, float32 [B, H, W, 3] in [0, 1]).
 
     Decoding runs in parallel and overlaps whatever consumes the batches. Files
     that do not decode are dropped; the positions say which ones came through
-    (ask `decode_error` why the others did not).
+    (ask `decode_error` why the others did not). With `distortion`, file i is
+    distorted with seed `seeds[i]` (int64 [N, 2]) instead of plainly resized.
     """
+    positions = tf.range(len(paths), dtype=tf.int64)
+    files = tf.constant(list(paths), tf.string)
+    if distortion is None:
+        def load(pos, path):
+            return pos, decode_and_resize(tf.io.read_file(path), size)
 
-    def load(pos, path):
-        return pos, decode_and_resize(tf.io.read_file(path), size)
+        ds = tf.data.Dataset.from_tensor_slices((positions, files))
+    else:
+        def load(pos, path, seed):
+            return pos, distort(tf.io.read_file(path), size, distortion, seed)
 
-    ds = tf.data.Dataset.from_tensor_slices(
-        (tf.range(len(paths), dtype=tf.int64), tf.constant(list(paths), tf.string))
-    )
+        ds = tf.data.Dataset.from_tensor_slices((positions, files, tf.constant(seeds, tf.int64)))
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.ignore_errors()
     return ds.batch(batch_size).prefetch(2)

@@ -93,6 +93,20 @@ class Extractor:
     def __call__(self, images):
         return self.fn(images)
 
+    @property
+    def trainable_variables(self) -> list:
+        """The module's trainable variables: its own list (TF-Hub's reusable SavedModel
+        convention) or else those its call signature captures."""
+        own = getattr(self.module, "trainable_variables", None)
+        if own:
+            return list(own)
+        found = {}
+        call = getattr(self.module, "__call__", None)
+        for concrete in getattr(call, "concrete_functions", []) or []:
+            for v in concrete.trainable_variables:
+                found[id(v)] = v
+        return list(found.values())
+
 
 def fingerprint_dir(path: str) -> str:
     """sha256 over a SavedModel's graph and variable files (names and contents)."""

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from trxsfr import __version__ as VERSION
-from trxsfr import dataset
+from trxsfr import dataset, imaging
 from trxsfr.config import RetrainConfig, default_eval_interval
 from trxsfr.dataset import ImageSet, Skipped, Split
 from trxsfr.errors import InputError
@@ -39,6 +39,8 @@ class RetrainResult:
     timings: dict
     sweep: list[dict]  # one row per combination when sweeping, else empty
     chosen: dict  # the hyper-parameters of the exported head
+    augmented: Optional[tuple[int, int]]  # distorted views (reused, computed), if any
+    fine_tuned: bool
 
 
 def fresh_run_dir(summaries_dir: str) -> str:
@@ -57,6 +59,33 @@ def fresh_run_dir(summaries_dir: str) -> str:
 
 
 SWEEPABLE = ("learning_rate", "l2", "label_smoothing")
+
+
+def check_augmentation(config: RetrainConfig, distortion) -> None:
+    for name in ("random_crop", "random_scale", "random_brightness"):
+        value = getattr(config, name)
+        if not 0 <= value < 100:
+            raise InputError(f"--{name} is a percentage in [0, 100), got {value}")
+    if distortion.active and config.augment_copies < 1:
+        raise InputError(f"--augment_copies must be at least 1, got {config.augment_copies}")
+    if config.fine_tune_steps < 0:
+        raise InputError(f"--fine_tune_steps must be >= 0, got {config.fine_tune_steps}")
+    if config.fine_tune_steps and (config.fine_tune_learning_rate <= 0
+                                   or config.fine_tune_batch_size <= 0):
+        raise InputError("--fine_tune_learning_rate and --fine_tune_batch_size must be positive")
+
+
+def with_views(x_train, y_train, image_set, train_items, augmented):
+    """Training vectors plus the distorted views of the training images that decoded."""
+    from trxsfr.arrays import aligned_empty
+
+    kept = {it.path: it.label for it in image_set.of_split(Split.TRAIN)}
+    rows = [r for r, i in enumerate(augmented.ok) if train_items[i].path in kept]
+    x = aligned_empty((len(x_train) + len(rows), x_train.shape[1]))
+    x[:len(x_train)] = x_train
+    x[len(x_train):] = augmented.features[rows]
+    y = np.concatenate([y_train, [kept[train_items[augmented.ok[r]].path] for r in rows]])
+    return x, y.astype(np.int64)
 
 
 def head_options(config: RetrainConfig):
@@ -128,6 +157,9 @@ def retrain(config: RetrainConfig) -> RetrainResult:
             raise InputError(f"--{flag} must be positive, got {value}")
     if config.learning_rate <= 0:
         raise InputError(f"--learning_rate must be positive, got {config.learning_rate}")
+    distortion = imaging.Distortion(config.flip_left_right, config.random_crop,
+                                    config.random_scale, config.random_brightness)
+    check_augmentation(config, distortion)
 
     extractor = modules.load(config.tfhub_module, config.image_size)
     timings["module_load_s"] = time.perf_counter() - t0
@@ -139,9 +171,18 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     try:
         cached = bottlenecks.ensure([image_set.abs_path(it) for it in ordered], extractor, store,
                                     config.bottleneck_batch_size, progress=config.progress)
+        augmented = None
+        if distortion.active:
+            train_items = [it for it in ordered if it.split == Split.TRAIN]
+            augmented = bottlenecks.ensure(
+                [image_set.abs_path(it) for it in train_items], extractor, store,
+                config.bottleneck_batch_size, config.progress,
+                distortion=distortion, copies=config.augment_copies)
+            log.info("augmented views: %d reused from cache, %d computed (%.1fs)",
+                     augmented.reused, augmented.computed, augmented.seconds)
     finally:
         store.close()
-    timings["bottlenecks_s"] = cached.seconds
+    timings["bottlenecks_s"] = cached.seconds + (augmented.seconds if augmented else 0)
     log.info("bottlenecks: %d reused from cache, %d computed (%.1fs)",
              cached.reused, cached.computed, cached.seconds)
     root = image_set.root
@@ -171,6 +212,8 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     if not len(y_test):
         notes.append("test split is empty: no final test accuracy")
 
+    if augmented is not None:
+        x_train, y_train = with_views(x_train, y_train, image_set, train_items, augmented)
     summary_dir = fresh_run_dir(config.summaries_dir) if config.summaries_dir else None
     validation = (x_val, y_val) if len(y_val) else None
     if config.early_stopping_patience and validation is None:
@@ -189,9 +232,29 @@ def retrain(config: RetrainConfig) -> RetrainResult:
                              validation=validation, summary_dir=summary_dir)
     timings["train_s"] = time.perf_counter() - t1
 
+    final_head = trained.head
+    tuned = None
+    if config.fine_tune_steps:
+        from trxsfr import finetune
+
+        train_paths = [image_set.abs_path(it) for it in image_set.of_split(Split.TRAIN)]
+        train_labels = [it.label for it in image_set.of_split(Split.TRAIN)]
+        tuned = finetune.fine_tune(
+            extractor, trained.head.weights, trained.head.bias, train_paths, train_labels,
+            finetune.FineTuneOptions(config.fine_tune_steps, config.fine_tune_learning_rate,
+                                     config.fine_tune_batch_size, config.seed),
+            distortion if distortion.active else None, config.progress)
+        final_head = head.Head(tuned.weights, tuned.bias)
+        timings["fine_tune_s"] = tuned.seconds
+        if len(y_test):  # the cached vectors are the old extractor's: compute them anew
+            x_test, ok = finetune.features_of(
+                extractor, [image_set.abs_path(it) for it in test_items],
+                config.bottleneck_batch_size)
+            test_items, y_test = [test_items[i] for i in ok], y_test[ok]
+
     test_accuracy, misclassified = None, []
     if len(y_test):
-        pred = trained.head.logits(x_test).argmax(axis=1)
+        pred = final_head.logits(x_test).argmax(axis=1)
         test_accuracy = float(np.mean(pred == y_test))
         labels = image_set.labels
         misclassified = [(it.path, labels[t], labels[p])
@@ -213,6 +276,14 @@ def retrain(config: RetrainConfig) -> RetrainResult:
                         if k not in ("progress", "sweep")}, **chosen),
         "sweep": sweep_rows,
         "best_step": trained.best_step,
+        "augmentation": {"distortion": distortion.spec(), "copies": config.augment_copies,
+                         "views": int(len(augmented.ok)), "computed": augmented.computed}
+        if augmented is not None else None,
+        "fine_tuned": {"steps": config.fine_tune_steps,
+                       "learning_rate": config.fine_tune_learning_rate,
+                       "batch_size": config.fine_tune_batch_size,
+                       "variables": tuned.variables, "final_loss": tuned.losses[-1]}
+        if tuned is not None else None,
         "metrics": {
             "test_accuracy": test_accuracy, "test_count": int(len(y_test)),
             "validation_accuracy": last.get("validation_accuracy"),
@@ -227,7 +298,7 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     if config.output_labels:
         export.check_labels_file(config.output_labels, image_set.labels)
     t1 = time.perf_counter()
-    version_dir = export.save_versioned(extractor, trained.head.weights, trained.head.bias,
+    version_dir = export.save_versioned(extractor, final_head.weights, final_head.bias,
                                         image_set.labels, metadata, config.saved_model_dir)
     timings["export_s"] = time.perf_counter() - t1
     if config.output_labels:
@@ -239,4 +310,6 @@ def retrain(config: RetrainConfig) -> RetrainResult:
         history=trained.history, reused=cached.reused, computed=cached.computed,
         skipped=image_set.skipped, notes=notes, summary_dir=summary_dir, timings=timings,
         sweep=sweep_rows, chosen=chosen,
+        augmented=(augmented.reused, augmented.computed) if augmented is not None else None,
+        fine_tuned=tuned is not None,
     )
