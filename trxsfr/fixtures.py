@@ -8,7 +8,7 @@ convention: call it with float32 [N, H, W, 3] in [0, 1], get float32 [N, D].
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -81,13 +81,14 @@ def write_image_set(
     seed: int = 0,
     noise: bool = False,
     size_range: tuple[int, int] = (40, 72),
+    colours: Optional[dict] = None,
 ) -> str:
     """Write `root/<class>/<class>_<i>.jpg` images.
 
     Each image is noise with a blob of its class colour, so the classes are
     separable by colour and a model must really learn. With `noise=True` every
     image is pure noise: labels carry no signal and no model should pass an
-    accuracy gate on it.
+    accuracy gate on it. `colours` maps class names to RGB (default: COLOURS).
     """
     rng = np.random.default_rng(seed)
     from PIL import Image
@@ -99,7 +100,7 @@ def write_image_set(
             if noise:
                 img = Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
             else:
-                img = _image(rng, COLOURS[name], size)
+                img = _image(rng, (colours or COLOURS)[name], size)
             img.save(os.path.join(root, name, f"{name}_{i:04d}.jpg"), quality=90)
     return root
 

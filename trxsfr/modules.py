@@ -65,6 +65,11 @@ def resolve(handle: str) -> ResolvedHandle:
     if handle in SHORTCUTS:
         url, size = SHORTCUTS[handle]
         return ResolvedHandle(handle, url, size)
+    if handle.startswith("keras:"):
+        from trxsfr import keras_apps
+
+        path, size = keras_apps.materialize(handle[len("keras:"):])
+        return ResolvedHandle(handle, path, size)
     if "://" in handle:
         return ResolvedHandle(handle, handle, None)
     path = os.path.abspath(os.path.expanduser(handle))
@@ -213,7 +218,7 @@ def load(handle: str, image_size: Optional[int] = None) -> Extractor:
             f"(got {getattr(probe, 'shape', type(probe).__name__)}); use a feature_vector module"
         )
     dim = int(probe.shape[1])
-    if "classification" in handle:
+    if "classification" in handle and not handle.startswith("keras:"):
         raise ModuleError(
             f"module {handle} is a classification model; use its feature_vector variant"
         )
