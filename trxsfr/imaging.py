@@ -12,7 +12,33 @@ import numpy as np
 import tensorflow as tf
 
 # Bump when decode_and_resize changes what it computes: it is part of the cache key.
-PREPROCESSING_VERSION = "decode_image-bilinear-antialias-v1"
+PREPROCESSING_VERSION = "jpeg-dct-scaled+bilinear-v2"
+_JPEG_RATIOS = (1, 2, 4, 8)
+
+
+def decode_rgb(image_bytes: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """uint8 [h, w, 3] of an encoded image, for resizing to `size` (height, width).
+
+    A JPEG at least twice the target size in both directions is decoded at
+    1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling, which low-pass filters as it
+    shrinks and costs a fraction of a full decode (a 12-megapixel photo decodes
+    about 20x faster at 1/8). Other formats decode at full size.
+    """
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(image_bytes)
+        fit = tf.minimum(shape[0] // size[0], shape[1] // size[1])  # how many times larger
+        index = tf.reduce_sum(tf.cast(fit >= tf.constant(_JPEG_RATIOS[1:]), tf.int32))
+        return tf.switch_case(index, [
+            (lambda r=r: tf.io.decode_jpeg(image_bytes, channels=3, ratio=r)) for r in _JPEG_RATIOS
+        ])
+
+    def other():
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return image
+
+    return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
 
 
 def decode_and_resize(image_bytes: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
@@ -23,11 +49,11 @@ def decode_and_resize(image_bytes: tf.Tensor, size: tuple[int, int]) -> tf.Tenso
         size: (height, width) the extractor takes.
 
     Returns:
-        float32 [height, width, 3] in [0, 1].
+        float32 [height, width, 3] in [0, 1]: bilinear resize (as TF-Hub's image
+        modules expect) of the decoded image.
     """
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    image = tf.image.convert_image_dtype(image, tf.float32)
-    image = tf.image.resize(image, size, method="bilinear", antialias=True)
+    image = tf.image.convert_image_dtype(decode_rgb(image_bytes, size), tf.float32)
+    image = tf.image.resize(image, size, method="bilinear")
     return tf.clip_by_value(image, 0.0, 1.0)
 
 
@@ -67,8 +93,7 @@ def distort(image_bytes: tf.Tensor, size: tuple[int, int], d: Distortion, seed: 
     random window of `size`, maybe flip, multiply brightness; then clip to [0, 1].
     """
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    image = tf.image.convert_image_dtype(image, tf.float32)
+    image = tf.image.convert_image_dtype(decode_rgb(image_bytes, size), tf.float32)
     scale = (1.0 + d.random_crop / 100.0) * tf.random.stateless_uniform(
         [], seeds[0], 1.0, 1.0 + d.random_scale / 100.0 + 1e-9)
     precrop = tf.cast(tf.math.ceil(scale * tf.constant(size, tf.float32)), tf.int32)
