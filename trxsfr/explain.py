@@ -304,7 +304,7 @@ def run(model: str, paths: Sequence[str], out_dir: str, label: Optional[str] = N
     images = [load_image(p, clf.image_size) for p in paths]
     # Classifier keeps the loaded SavedModel; the attributions need its parts, not a signature.
     # (A .tflite model has no such parts: Attributor says so.)
-    attributor = Attributor(getattr(clf, "_model", None), clf.image_size, target)
+    attributor = Attributor(getattr(clf, "saved_model", None), clf.image_size, target)
     os.makedirs(out_dir, exist_ok=True)
     results = []
     for path, image in zip(paths, images):
