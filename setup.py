@@ -23,6 +23,15 @@ setup(
         "tqdm>=4.66,<5",
         # tf.summary writes TensorBoard event files only when tensorboard is installed.
         "tensorboard>=2.20,<2.22",
+        # report/explain figures, drawn with the non-interactive Agg renderer.
+        "matplotlib>=3.8,<4",
+        # trxsfr serve: an ASGI app on uvicorn (httptools and uvloop make its HTTP faster).
+        "starlette>=0.37,<2",
+        "uvicorn>=0.30,<1",
+        "httptools>=0.6,<1",
+        "uvloop>=0.19,<1; sys_platform != 'win32'",
+        # .tflite inference (label/info); tf.lite.Interpreter is the fallback where it has no wheel.
+        "ai-edge-litert>=2.0,<3; sys_platform != 'win32'",
     ],
     extras_require={
         "test": ["pytest>=8,<10", "scikit-learn>=1.4,<2"],

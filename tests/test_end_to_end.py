@@ -241,3 +241,24 @@ def test_scripts_from_scratch(tmp_path):
         assert lab.returncode == 0 and "red (score=" in lab.stdout, lab.stderr[-2000:]
     finally:
         os.environ.pop("PYTHON", None)
+
+
+def test_model_from_older_preprocessing_is_labelled_with_its_own_decode(trained, fx, tmp_path):
+    old = tmp_path / "old" / "7"
+    shutil.copytree(trained["version_dir"], old)
+    meta_path = old / "assets" / "trxsfr.json"
+    meta = read_json(meta_path)
+    meta["preprocessing"] = "decode_image-bilinear-antialias-v1"
+    meta_path.write_text(json.dumps(meta))
+    files = [os.path.join(fx["heldout"], "blue", "blue_0002.jpg"), __file__]
+    r = run_cli("label", "--model", old, "--format", "json", *files)
+    assert r.code == 0, r
+    assert "decoding with the model's own signature" in r.err
+    doc = json.loads(r.out)
+    assert len(doc["predictions"]) == 1 and len(doc["skipped"]) == 1
+    import tensorflow as tf
+
+    served = tf.saved_model.load(str(old)).signatures["serving_default"](
+        image_bytes=tf.constant([open(files[0], "rb").read()]))
+    np.testing.assert_allclose(doc["predictions"][0]["probabilities"],
+                               served["probabilities"].numpy()[0], atol=1e-6)

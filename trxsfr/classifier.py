@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from typing import Sequence
@@ -13,6 +14,8 @@ import numpy as np
 from trxsfr.dataset import Skipped
 from trxsfr.errors import ModelError
 from trxsfr.export import LABELS_FILE, METADATA_FILE, SIGNATURE_IMAGES
+
+log = logging.getLogger(__name__)
 
 
 def resolve_version(path: str) -> str:
@@ -77,12 +80,52 @@ class Classifier:
         self.load_seconds = time.perf_counter() - start
 
     @property
+    def saved_model(self):
+        """What tf.saved_model.load returned: `.extractor`, `.weights`, `.bias`, signatures."""
+        return self._model
+
+    @property
     def version(self) -> str:
         return os.path.basename(os.path.normpath(self.path))
 
     def predict_images(self, images) -> np.ndarray:
         """float32 [N, H, W, 3] in [0, 1] -> probabilities float32 [N, classes]."""
         return self._predict(images=images)["probabilities"].numpy()
+
+    def _exported_decode(self) -> bool:
+        """True when the model was exported by a trxsfr whose preprocessing differs from
+        this one's: then only the model's own serving signature decodes as it was trained."""
+        from trxsfr import imaging
+
+        made_with = self.metadata.get("preprocessing")
+        usable = "serving_default" in getattr(getattr(self, "_model", None), "signatures", {})
+        if made_with == imaging.PREPROCESSING_VERSION or not usable:
+            return False
+        log.warning("%s was exported with preprocessing %s, this trxsfr has %s: decoding "
+                    "with the model's own signature (slower) so scores stay as trained",
+                    self.path, made_with or "before v2", imaging.PREPROCESSING_VERSION)
+        return True
+
+    def _predict_with_exported_decode(self, paths, batch_size, probs, returned) -> None:
+        import tensorflow as tf
+
+        serve = self._model.signatures["serving_default"]
+        for start in range(0, len(paths), batch_size):
+            chunk = list(range(start, min(start + batch_size, len(paths))))
+            data = []
+            for i in chunk:
+                with open(paths[i], "rb") as f:
+                    data.append(f.read())
+            try:
+                probs[chunk] = serve(image_bytes=tf.constant(data))["probabilities"].numpy()
+                returned[chunk] = True
+            except tf.errors.InvalidArgumentError:  # one bad file: go one by one
+                for i, blob in zip(chunk, data):
+                    try:
+                        probs[i] = serve(image_bytes=tf.constant([blob]))["probabilities"].numpy()[0]
+                        returned[i] = True
+                    except tf.errors.InvalidArgumentError:
+                        pass
 
     def predict_paths(self, paths: Sequence[str], batch_size: int = 32,
                       progress: bool = False) -> Predictions:
@@ -92,7 +135,9 @@ class Classifier:
         start = time.perf_counter()
         probs = np.zeros((len(paths), len(self.labels)), np.float32)
         returned = np.zeros(len(paths), bool)
-        if paths:
+        if paths and self._exported_decode():
+            self._predict_with_exported_decode(paths, batch_size, probs, returned)
+        elif paths:
             ds = imaging.image_dataset(paths, self.image_size, batch_size)
             with imaging.progress_bar(len(paths), "label", progress) as bar:
                 for pos, images in ds:
@@ -108,4 +153,9 @@ class Classifier:
 
 
 def load(path: str) -> Classifier:
+    """A SavedModel version/base directory, or a `.tflite` file from `export-tflite`."""
+    if str(path).endswith(".tflite"):
+        from trxsfr.tflite import TFLiteClassifier
+
+        return TFLiteClassifier(str(path))
     return Classifier(path)

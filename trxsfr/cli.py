@@ -71,10 +71,24 @@ def add_retrain_parser(sub) -> None:
     g = p.add_argument_group("Training")
     g.add_argument("--how_many_training_steps", type=int, default=d.how_many_training_steps,
                    help="Optimisation steps of the new layer.")
-    g.add_argument("--learning_rate", type=float, default=d.learning_rate,
-                   help="Learning rate of the optimiser.")
+    g.add_argument("--learning_rate", type=_floats, default=str(d.learning_rate),
+                   help="Learning rate of the optimiser; comma-separated values sweep.")
     g.add_argument("--optimizer", choices=("adam", "momentum", "sgd"), default=d.optimizer,
                    help="Optimiser of the new layer (features are standardised for it).")
+    g.add_argument("--label_smoothing", type=_floats, default=str(d.label_smoothing),
+                   help="Mix this much of a uniform distribution into the one-hot targets; "
+                        "comma-separated values sweep.")
+    g.add_argument("--l2", type=_floats, default=str(d.l2),
+                   help="L2 penalty on the new layer's (standardised) weights; "
+                        "comma-separated values sweep.")
+    g.add_argument("--dropout", type=float, default=d.dropout,
+                   help="Dropout rate on the bottleneck vector during training.")
+    g.add_argument("--class_weight", choices=("none", "balanced"), default=d.class_weight,
+                   help="balanced: weight each class's loss by n / (classes * class count), "
+                        "so small classes count as much as large ones.")
+    g.add_argument("--early_stopping_patience", type=int, default=d.early_stopping_patience,
+                   help="Stop after this many evaluations without a lower validation "
+                        "cross-entropy and keep the best weights; 0 trains all steps.")
     g.add_argument("--train_batch_size", type=int, default=d.train_batch_size,
                    help="Training images per step; -1 uses the whole training split.")
     g.add_argument("--eval_step_interval", type=int, default=d.eval_step_interval,
@@ -82,6 +96,27 @@ def add_retrain_parser(sub) -> None:
                         "unset: 1/100 of the steps.")
     g.add_argument("--seed", type=int, default=d.seed,
                    help="Seed of batch sampling; same seed and data give identical weights.")
+    g = p.add_argument_group("Augmentation and fine-tuning")
+    g.add_argument("--flip_left_right", action="store_true",
+                   help="Randomly mirror training images horizontally (TF retrain.py's flag).")
+    g.add_argument("--random_crop", type=float, default=d.random_crop,
+                   help="Percentage of margin randomly cropped off training images.")
+    g.add_argument("--random_scale", type=float, default=d.random_scale,
+                   help="Percentage by which training images are randomly scaled up.")
+    g.add_argument("--random_brightness", type=float, default=d.random_brightness,
+                   help="Percentage by which training pixels are randomly brightened or dimmed.")
+    g.add_argument("--augment_copies", type=int, default=d.augment_copies,
+                   help="With any distortion flag: distorted views per training image, each "
+                        "computed once and cached, then sampled with the originals in training. "
+                        "Validation and test images are never distorted.")
+    g.add_argument("--fine_tune_steps", type=int, default=d.fine_tune_steps,
+                   help="After the new layer is trained, train the extractor's weights with it "
+                        "for this many steps on images (batch-norm statistics stay frozen); "
+                        "0 keeps the extractor frozen.")
+    g.add_argument("--fine_tune_learning_rate", type=float, default=d.fine_tune_learning_rate,
+                   help="Adam learning rate of fine-tuning.")
+    g.add_argument("--fine_tune_batch_size", type=int, default=d.fine_tune_batch_size,
+                   help="Images per fine-tuning step.")
     g = p.add_argument_group("Export")
     g.add_argument("--saved_model_dir", default=d.saved_model_dir,
                    help="Base directory; each run adds a new <unix-epoch> version beneath it.")
@@ -98,17 +133,50 @@ def add_retrain_parser(sub) -> None:
     p.set_defaults(run=run_retrain)
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    """argparse type: "0.01" or "0.003,0.01,0.03" -> a tuple of floats."""
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"repeated value in {text!r}")
+    return values
+
+
+def _sweep_and_values(args, names) -> tuple[dict, tuple]:
+    values, sweep = {}, []
+    for name in names:
+        given = getattr(args, name)
+        given = _floats(given) if isinstance(given, str) else given
+        values[name] = given[0]
+        if len(given) > 1:
+            sweep.append((name, given))
+    return values, tuple(sweep)
+
+
 def retrain_config(args) -> RetrainConfig:
     if args.architecture and args.tfhub_module != DEFAULT_MODULE:
         raise InputError("give --tfhub_module or --architecture, not both")
     from trxsfr.modules import architecture_to_shortcut
 
     module = architecture_to_shortcut(args.architecture) if args.architecture else args.tfhub_module
+    swept, sweep = _sweep_and_values(args, ("learning_rate", "l2", "label_smoothing"))
+    for name, low, high in (("label_smoothing", 0, 1), ("dropout", 0, 1)):
+        for v in (dict(sweep).get(name) or (swept.get(name, getattr(args, name)),)):
+            if not low <= v < high:
+                raise InputError(f"--{name} must be in [{low}, {high}), got {v}")
+    for v in dict(sweep).get("l2") or (swept["l2"],):
+        if v < 0:
+            raise InputError(f"--l2 must be >= 0, got {v}")
+    if args.early_stopping_patience < 0:
+        raise InputError("--early_stopping_patience must be >= 0")
     return RetrainConfig(
         image_dir=args.image_dir, tfhub_module=module, image_size=args.image_size,
         bottleneck_dir=args.bottleneck_dir, bottleneck_batch_size=args.bottleneck_batch_size,
         how_many_training_steps=args.how_many_training_steps,
-        learning_rate=args.learning_rate, optimizer=args.optimizer,
+        optimizer=args.optimizer, dropout=args.dropout, class_weight=args.class_weight,
+        early_stopping_patience=args.early_stopping_patience, sweep=sweep, **swept,
         train_batch_size=args.train_batch_size,
         validation_percentage=args.validation_percentage,
         testing_percentage=args.testing_percentage,
@@ -116,6 +184,11 @@ def retrain_config(args) -> RetrainConfig:
         saved_model_dir=args.saved_model_dir, output_labels=args.output_labels,
         print_misclassified_test_images=args.print_misclassified_test_images,
         seed=args.seed, progress=not args.quiet,
+        flip_left_right=args.flip_left_right, random_crop=args.random_crop,
+        random_scale=args.random_scale, random_brightness=args.random_brightness,
+        augment_copies=args.augment_copies, fine_tune_steps=args.fine_tune_steps,
+        fine_tune_learning_rate=args.fine_tune_learning_rate,
+        fine_tune_batch_size=args.fine_tune_batch_size,
     )
 
 
@@ -134,6 +207,11 @@ def run_retrain(args) -> int:
     for note in result.notes:
         _out(f"Note: {note}")
     _out(f"Bottlenecks: {result.reused} reused from cache, {result.computed} computed")
+    if result.augmented:
+        _out(f"Augmented views: {result.augmented[0]} reused from cache, "
+             f"{result.augmented[1]} computed")
+    if result.fine_tuned:
+        _out("Fine-tuned: the exported extractor carries the fine-tuned weights")
     if result.history and "validation_accuracy" in result.history[-1]:
         _out(f"Final validation accuracy = {100 * result.history[-1]['validation_accuracy']:.1f}%")
     if result.test_accuracy is not None:
@@ -142,6 +220,14 @@ def run_retrain(args) -> int:
         _out(f"Misclassified test images: {len(result.misclassified)}")
         for path, true, pred in result.misclassified:
             _out(f"  {path} (true: {true}, predicted: {pred})")
+    if result.sweep:
+        names = [n for n in ("learning_rate", "l2", "label_smoothing") if n in result.sweep[0]]
+        _out("Sweep (lowest validation cross entropy is exported):")
+        rows = [[f"{r[n]:g}" for n in names] + [f"{r['validation_cross_entropy']:.4f}",
+                f"{100 * r['validation_accuracy']:.1f}%", f"{r['seconds']:.1f}s",
+                "<- exported" if r["chosen"] else ""] for r in result.sweep]
+        for line in table(names + ["val_xent", "val_acc", "time", ""], rows):
+            _out("  " + line)
     if result.summary_dir:
         _out(f"TensorBoard summaries: {result.summary_dir}")
     _out(result.version_dir)
@@ -189,6 +275,11 @@ def add_label_parser(sub) -> None:
                         "label_image.py's 'label (score=...)' lines.")
     g.add_argument("--min_accuracy", type=float, default=d.min_accuracy,
                    help="Exit with code 1 if evaluation accuracy is below this fraction (0-1).")
+    g.add_argument("--report", default=None, metavar="HTML",
+                   help="Also write a self-contained HTML analysis report to this new file: run "
+                        "summary, per-class metrics, confusion matrix, misclassified and "
+                        "least confident thumbnails, reliability diagram, training curves. "
+                        "An existing file is never replaced (exit 2).")
     g.add_argument("--quiet", action="store_true", help="No progress bar.")
     p.set_defaults(run=run_label)
 
@@ -203,6 +294,10 @@ def run_label(args) -> int:
     inputs = list(args.inputs) + list(args.image)
     if not inputs:
         raise InputError("nothing to label: pass image files or folders (or --image FILE)")
+    if args.report:
+        from trxsfr import report as html_report
+
+        html_report.check_output(args.report)  # before the work, not after it
     report = labeling.run(args.model, inputs, batch_size=args.batch_size,
                           progress=not args.quiet and args.format != "json",
                           labels_file=args.labels)
@@ -214,6 +309,11 @@ def run_label(args) -> int:
     else:
         for line in report.text_lines(args.top_k):
             _out(line)
+    if args.report:
+        written = html_report.write(report, args.report, top_k=args.top_k)
+        # stderr: stdout stays exactly the chosen --format (one JSON document for json).
+        print(f"Report: {written.path} ({written.bytes / 1e6:.2f} MB, "
+              f"{written.thumbnails} thumbnails)", file=sys.stderr)
     accuracy = report.evaluation["accuracy"] if report.evaluation else None
     if args.min_accuracy is not None:
         if accuracy is None:
@@ -223,6 +323,121 @@ def run_label(args) -> int:
             print(f"trxsfr: accuracy {accuracy:.4f} is below --min_accuracy {args.min_accuracy}",
                   file=sys.stderr)
             return EXIT_BELOW_GATE
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- report
+
+def add_report_parser(sub) -> None:
+    from trxsfr.report import DEFAULT_THUMBNAILS, LEAST_CONFIDENT_CORRECT
+
+    p = sub.add_parser(
+        "report", formatter_class=_Formatter,
+        help="Write the HTML analysis report of a saved `label --format json` run.",
+        description=(
+            "Turns the JSON document of a label run into one self-contained HTML file (images\n"
+            "and figures inlined, nothing fetched over the network): run summary and training\n"
+            "hyper-parameters, per-class precision/recall/F1, the confusion matrix, the\n"
+            "misclassified images (most confident first) and the least confident correct ones,\n"
+            "a reliability diagram with expected calibration error, and the training curves.\n"
+            "Example: trxsfr label --model M heldout/ --format json > run.json\n"
+            "         trxsfr report run.json --out report.html"
+        ),
+    )
+    p.add_argument("label_json",
+                   help="What `trxsfr label --format json` printed, saved to a file. Relative "
+                        "image paths in it are looked up from the working directory, then from "
+                        "this file's folder.")
+    p.add_argument("--out", required=True, default=argparse.SUPPRESS, metavar="HTML",
+                   help="Required. The report file to write; it must not exist yet (an existing "
+                        "file is never replaced).")
+    p.add_argument("--thumbnails", type=int, default=DEFAULT_THUMBNAILS,
+                   help="Most thumbnails in the misclassified gallery (the least confident "
+                        f"correct gallery shows at most {LEAST_CONFIDENT_CORRECT}); further "
+                        "images are listed in a table without pictures.")
+    p.add_argument("--quiet", action="store_true", help="Only warnings and the result line.")
+    p.set_defaults(run=run_report)
+
+
+def run_report(args) -> int:
+    from trxsfr import report as html_report
+
+    html_report.check_output(args.out)
+    doc = html_report.load_label_json(args.label_json)
+    written = html_report.write(doc, args.out, thumbnails=args.thumbnails,
+                                base_dirs=[os.path.dirname(os.path.abspath(args.label_json))])
+    if written.missing_images:
+        _out(f"Note: {written.missing_images} image(s) not found; shown as placeholders")
+    _out(f"Report: {written.path} ({written.bytes / 1e6:.2f} MB, "
+         f"{written.thumbnails} thumbnails)")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- explain
+
+def add_explain_parser(sub) -> None:
+    from trxsfr import explain
+
+    p = sub.add_parser(
+        "explain", formatter_class=_Formatter,
+        help="Show which pixels drove a prediction (integrated gradients), one PNG per image.",
+        description=(
+            "Integrated gradients through the whole model (feature extractor + new layer),\n"
+            "from the pixels the model sees to one class's score. For each image a PNG with\n"
+            "the image, the attribution heat map and the overlay is written to --out, and a\n"
+            "line reports the completeness check: the attributions must add up to\n"
+            "F(image) - F(baseline); a large error means too few --steps."
+        ),
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="Image files to explain.")
+    p.add_argument("--model", default=LabelConfig.model,
+                   help="A model version directory, or a base directory (its highest numbered "
+                        "version is used).")
+    p.add_argument("--out", required=True, default=argparse.SUPPRESS, metavar="DIR",
+                   help="Required. Folder for the PNGs (created if missing). Existing files are "
+                        "never replaced: a taken name gets a -2, -3, ... suffix.")
+    p.add_argument("--class", dest="label", default=None, metavar="LABEL",
+                   help="Explain this class's score; unset: each image's predicted class.")
+    p.add_argument("--steps", type=int, default=explain.DEFAULT_STEPS,
+                   help="Interpolation points between baseline and image (Gauss-Legendre "
+                        "nodes); more steps, smaller completeness error.")
+    p.add_argument("--baseline", choices=explain.BASELINES, default=explain.DEFAULT_BASELINE,
+                   help="The 'absence of signal' image the path starts from: black (all zeros), "
+                        "or blur (the image under a strong Gaussian blur, so attributions go to "
+                        "shapes and edges rather than to brightness).")
+    p.add_argument("--target", choices=explain.TARGETS, default=explain.DEFAULT_TARGET,
+                   help="The score explained: the class's logit (before the softmax; does not "
+                        "saturate near probability 1) or its softmax probability.")
+    p.add_argument("--batch_size", type=int, default=explain.DEFAULT_BATCH_SIZE,
+                   help="Images per forward+backward pass; the default runs 50 steps, the image "
+                        "and the baseline in one pass. Lower it if memory is short.")
+    p.add_argument("--quiet", action="store_true", help="Only warnings and the result lines.")
+    p.set_defaults(run=run_explain)
+
+
+def run_explain(args) -> int:
+    from trxsfr import explain
+
+    results = explain.run(args.model, args.images, args.out, label=args.label, steps=args.steps,
+                          baseline=args.baseline, batch_size=args.batch_size, target=args.target)
+    loose = 0
+    for ex in results:
+        error = ex.completeness_error
+        check = ("completeness not judged: F barely moved from the baseline"
+                 if error is None else f"completeness error {100 * error:.2f}%")
+        loose += error is not None and error > explain.COMPLETENESS_TOLERANCE
+        _out(f"{ex.path}: {ex.label} (probability {ex.probability:.4f}"
+             f"{'' if ex.label == ex.predicted else f'; predicted {ex.predicted}'}); "
+             f"{ex.target} {ex.score:.5f} vs {ex.baseline_score:.5f} at the {ex.baseline} "
+             f"baseline; sum of attributions {ex.total:.5f} vs difference {ex.delta:.5f}: "
+             f"{check} -> {ex.png}")
+    if loose:
+        _out(f"Note: {loose} image(s) exceed a {100 * explain.COMPLETENESS_TOLERANCE:.0f}% "
+             f"completeness error; raise --steps")
+    seconds = [ex.seconds for ex in results]
+    _out(f"Integrated gradients: {len(results)} image(s), {args.steps} steps in "
+         f"{results[0].batches} batch(es) per image, {sum(seconds) / len(seconds):.3f} s/image "
+         f"(first image {seconds[0]:.3f} s, includes tracing)")
     return EXIT_OK
 
 
@@ -265,7 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_retrain_parser(sub)
     add_label_parser(sub)
+    add_report_parser(sub)
+    add_explain_parser(sub)
     add_fixtures_parser(sub)
+    from trxsfr.deploy_cli import add_deploy_parsers  # serve, export-tflite, info
+
+    add_deploy_parsers(sub)
     return parser
 
 

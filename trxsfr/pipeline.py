@@ -269,6 +269,7 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     metadata = {
         "format": "trxsfr-model-1",
         "trxsfr_version": VERSION,
+        "preprocessing": imaging.PREPROCESSING_VERSION,
         "module": {"handle": config.tfhub_module, "fingerprint": extractor.fingerprint,
                    "image_size": list(extractor.image_size), "feature_dim": extractor.dim},
         "labels": list(image_set.labels),

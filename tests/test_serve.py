@@ -1,0 +1,375 @@
+"""`trxsfr serve`: the real server in a subprocess on a free loopback port, as a client sees it.
+
+One server process serves the whole module (each start costs a TensorFlow
+import): TF Serving-style requests against `label`, every malformed request,
+then hot-swapping versions under a client that never stops sending.
+"""
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_cli
+
+MODEL = "flowers"
+
+
+class ServerProcess:
+    """`python -m trxsfr serve ... --port 0`; its URL is read from the one line it prints on stdout."""
+
+    def __init__(self, *args, timeout=120):
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trxsfr", "serve", "--host", "127.0.0.1", "--port", "0",
+             *[str(a) for a in args]],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.err_lines, self.url = [], None
+        ready = threading.Event()
+
+        def drain():
+            for line in self.proc.stderr:
+                self.err_lines.append(line)
+            ready.set()
+
+        def read_stdout():
+            for line in self.proc.stdout:
+                m = re.search(r"^serving model \S+ version \d+ at (http://127\.0\.0\.1:\d+)/", line)
+                if m and not self.url:
+                    self.url = m.group(1)
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        threading.Thread(target=read_stdout, daemon=True).start()
+        ready.wait(timeout)
+        if not self.url:
+            self.stop()
+            raise RuntimeError("server did not start:\n" + "".join(self.err_lines[-40:]))
+
+    @property
+    def log(self):
+        return "".join(self.err_lines)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def request(url, body=None, method=None, headers=None, timeout=30):
+    """(HTTP status, parsed JSON or text) for one request."""
+    data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {
+        "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode("utf-8", "replace")
+
+
+def b64_file(path):
+    with open(path, "rb") as f:
+        return base64.b64encode(f.read()).decode()
+
+
+def heldout_files(fx, every=5):
+    return sorted(os.path.join(fx["heldout"], c, n)
+                  for c in ("blue", "green", "red")
+                  for n in os.listdir(os.path.join(fx["heldout"], c)))[::every]
+
+
+@pytest.fixture(scope="module")
+def served(trained, tmp_path_factory):
+    """The trained version copied into a fresh base dir as version 1, served with tight limits."""
+    base = tmp_path_factory.mktemp("serve") / "models"
+    base.mkdir()
+    shutil.copytree(trained["version_dir"], base / "1")
+    server = ServerProcess(
+        "--model_base_path", base, "--model_name", MODEL, "--file_system_poll_wait_seconds", "0.5",
+        "--max_images_per_request", "4", "--max_image_pixels", "250000",
+        "--max_body_bytes", "1000000", "--batch_timeout_micros", "2000", "--version_label", "stable=1")
+    yield {"server": server, "url": server.url, "base": base,
+           "predict": f"{server.url}/v1/models/{MODEL}:predict"}
+    server.stop()
+
+
+def test_status_metadata_health_and_page(served):
+    url = served["url"]
+    status, doc = request(f"{url}/v1/models/{MODEL}")
+    assert status == 200, doc
+    assert doc == {"model_version_status": [
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    assert request(f"{url}/v1/models/{MODEL}/versions/1")[1] == doc
+    assert request(f"{url}/v1/models/{MODEL}/labels/stable")[1] == doc
+    status, meta = request(f"{url}/v1/models/{MODEL}/metadata")
+    assert status == 200 and meta["model_spec"] == {"name": MODEL, "signature_name": "", "version": "1"}
+    sigs = meta["metadata"]["signature_def"]["signature_def"]
+    assert sigs["serving_default"]["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+    assert [d["size"] for d in sigs["predict_images"]["inputs"]["images"]["tensor_shape"]["dim"]] \
+        == ["-1", "32", "32", "3"]
+    assert set(sigs["serving_default"]["outputs"]) == {"probabilities", "classes", "class_ids", "scores"}
+    status, health = request(f"{url}/healthz")
+    assert status == 200 and health["status"] == "ok" and health["version"] == "1"
+    status, page = request(f"{url}/")
+    assert status == 200 and "<input type=\"file\"" in page and ":predict" in page
+    # what does not exist is a 404 in TF Serving's error shape
+    for path in (f"/v1/models/other", f"/v1/models/{MODEL}/versions/7", f"/v1/models/{MODEL}/labels/x",
+                 "/v1/nothing"):
+        status, err = request(url + path)
+        assert status == 404 and isinstance(err, dict) and set(err) == {"error"}, (path, err)
+
+
+def test_b64_request_as_tf_serving_docs_show_equals_label(served, trained, fx):
+    files = heldout_files(fx)
+    # https://www.tensorflow.org/tfx/serving/api_rest: binary values as {"b64": ...}, row format
+    status, doc = request(served["predict"], {"instances": [{"b64": b64_file(f)} for f in files[:4]]})
+    assert status == 200, doc
+    rows = doc["predictions"]
+    # columnar format, with the input named, for the rest
+    status, col = request(served["predict"], {"signature_name": "serving_default",
+                                              "inputs": {"image_bytes": [{"b64": b64_file(f)} for f in files[4:8]]}})
+    assert status == 200, col
+    got = [r["probabilities"] for r in rows] + col["outputs"]["probabilities"]
+    top = [r["classes"][0] for r in rows] + [c[0] for c in col["outputs"]["classes"]]
+    labelled = run_cli("label", "--model", trained["base"], "--format", "json", "--quiet", *files[:8])
+    assert labelled.code == 0, labelled
+    preds = json.loads(labelled.out)["predictions"]
+    assert [p["path"] for p in preds] == files[:8]
+    np.testing.assert_allclose(got, [p["probabilities"] for p in preds], atol=1e-5)
+    assert top == [p["top_k"][0]["label"] for p in preds]
+    r0 = rows[0]
+    assert r0["scores"] == sorted(r0["probabilities"], reverse=True)
+    assert r0["classes"] == [["blue", "green", "red"][i] for i in r0["class_ids"]]
+
+
+def test_float_images_signature(served, trained, fx):
+    """predict_images takes float32 [N, 32, 32, 3] in [0, 1], row format, input named or not."""
+    import tensorflow as tf
+
+    from trxsfr.imaging import decode_and_resize
+
+    f = heldout_files(fx)[0]
+    image = decode_and_resize(tf.io.read_file(f), (32, 32)).numpy()
+    status, doc = request(served["predict"], {"signature_name": "predict_images",
+                                              "instances": [{"images": image.tolist()}, image.tolist()]})
+    assert status == 200, doc
+    status, ref = request(served["predict"], {"instances": [{"b64": b64_file(f)}]})
+    np.testing.assert_allclose(doc["predictions"][0]["probabilities"], ref["predictions"][0]["probabilities"],
+                               atol=1e-5)
+    assert doc["predictions"][1] == doc["predictions"][0]
+
+
+def _png(width, height):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_every_malformed_request_gets_400_and_the_server_carries_on(served, fx):
+    good_b64 = b64_file(heldout_files(fx)[0])
+    with open(heldout_files(fx)[0], "rb") as f:
+        jpeg = f.read()
+    tiff = io.BytesIO()
+    from PIL import Image
+    Image.new("RGB", (8, 8)).save(tiff, "TIFF")
+    bad = {
+        "malformed JSON": (b'{"instances": [', "not valid JSON"),
+        "JSON that is not an object": ([1, 2], "JSON object"),
+        "neither instances nor inputs": ({"signature_name": "serving_default"}, "exactly one of"),
+        "both instances and inputs": ({"instances": [], "inputs": []}, "exactly one of"),
+        "unknown key": ({"instances": [{"b64": good_b64}], "examples": []}, "unknown key"),
+        "instances not a list": ({"instances": {"b64": good_b64}}, "must be a list"),
+        "no images": ({"instances": []}, "no images"),
+        "bad base64": ({"instances": [{"b64": "not base64!!"}]}, "not valid base64"),
+        "b64 not a string": ({"instances": [{"b64": 12}]}, "{\"b64\""),
+        "raw string instead of b64": ({"instances": ["abc"]}, "{\"b64\""),
+        "non-image bytes": ({"instances": [{"b64": base64.b64encode(b"hello world").decode()}]},
+                            "not a JPEG, PNG, GIF or BMP"),
+        "empty bytes": ({"instances": [{"b64": ""}]}, "empty image"),
+        "truncated JPEG": ({"instances": [{"b64": base64.b64encode(jpeg[: len(jpeg) // 3]).decode()}]},
+                           "cannot decode"),
+        "TIFF image": ({"instances": [{"b64": base64.b64encode(tiff.getvalue()).decode()}]},
+                       "not supported"),
+        "wrong input name (row)": ({"instances": [{"image": {"b64": good_b64}}]}, "\"image_bytes\""),
+        "wrong input name (columnar)": ({"inputs": {"bytes": [{"b64": good_b64}]}}, "\"image_bytes\""),
+        "unknown signature": ({"signature_name": "classify", "instances": [{"b64": good_b64}]},
+                              "not found in signature def"),
+        "too many images": ({"instances": [{"b64": good_b64}] * 5}, "at most 4"),
+        "too many pixels": ({"instances": [{"b64": _png(600, 500)}]}, "limit is 250,000"),
+        "body too large": ({"instances": [{"b64": "A" * 1_200_000}]}, "limit"),
+        "float images out of range": ({"signature_name": "predict_images",
+                                       "instances": [np.full((32, 32, 3), 255.0).tolist()]}, "[0, 1]"),
+        "float images of the wrong shape": ({"signature_name": "predict_images",
+                                             "instances": [np.zeros((16, 16, 3)).tolist()]},
+                                            "[N, 32, 32, 3]"),
+        "bytes sent to the float signature": ({"signature_name": "predict_images",
+                                               "instances": [{"b64": good_b64}]}, "numbers"),
+    }
+    good = {"instances": [{"b64": good_b64}]}
+    for name, (body, words) in bad.items():
+        status, doc = request(served["predict"], body)
+        assert status == 400, (name, status, doc)
+        assert isinstance(doc, dict) and set(doc) == {"error"}, (name, doc)
+        assert words in doc["error"], (name, doc["error"])
+        status, ok = request(served["predict"], good)
+        assert status == 200 and ok["predictions"][0]["classes"][0] in ("blue", "green", "red"), (name, ok)
+    status, doc = request(served["predict"], method="GET", body=None)
+    assert status == 405 and "POST" in doc["error"]
+    assert served["server"].proc.poll() is None
+
+
+def test_new_version_is_served_without_a_failed_request(served, trained, fx):
+    """Drop versions into the base dir while a client loops requests: a good one is picked up
+    within seconds, an incomplete or broken one is never served, no request fails."""
+    base, url = served["base"], served["url"]
+    body = json.dumps({"instances": [{"b64": b64_file(f)} for f in heldout_files(fx, 20)]}).encode()
+    results, stop = [], threading.Event()
+
+    def client():
+        deadline = time.monotonic() + 120  # bounded, whatever happens
+        while not stop.is_set() and time.monotonic() < deadline and len(results) < 5000:
+            try:
+                status, doc = request(served["predict"], body)
+                results.append((status, doc.get("predictions") is not None if isinstance(doc, dict) else doc))
+            except Exception as e:  # a refused or dropped connection counts as a failure
+                results.append((0, repr(e)))
+
+    def version():
+        return request(f"{url}/v1/models/{MODEL}")[1]["model_version_status"][0]["version"]
+
+    def drop(number, make):
+        staging = base / f".trxsfr-tmp-test{number}"
+        make(staging)
+        os.rename(staging, base / str(number))
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        assert version() == "1"
+        # an incomplete version (no saved_model.pb) and a broken one (garbage saved_model.pb)
+        (base / "50").mkdir()
+        drop(60, lambda d: (shutil.copytree(trained["version_dir"], d),
+                            (d / "saved_model.pb").write_bytes(b"not a graph")))
+        # a good version, written aside and renamed into place as export does
+        dropped = time.monotonic()
+        drop(2, lambda d: shutil.copytree(trained["version_dir"], d))
+        while version() != "2" and time.monotonic() - dropped < 30:
+            time.sleep(0.2)
+        swap_seconds = time.monotonic() - dropped
+        assert version() == "2", served["server"].log[-3000:]
+        assert swap_seconds < 15
+        time.sleep(2.0)  # the broken version 60 has been looked at several times by now
+        assert version() == "2"
+        n_before = len(results)
+        time.sleep(1.0)
+        assert len(results) > n_before, "requests keep flowing after the swap"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    failed = [r for r in results if r != (200, True)]
+    assert len(results) >= 20 and not failed, (len(results), failed[:5])
+    log = served["server"].log
+    assert "not serving version 60" in log
+    assert "serving version 2" in log
+    # version 1 stays loaded because the label "stable" names it; the broken one is not there
+    status, doc = request(f"{url}/v1/models/{MODEL}")
+    assert [v["version"] for v in doc["model_version_status"]] == ["2", "1"]
+    status, doc = request(f"{url}/v1/models/{MODEL}/labels/stable:predict", body)
+    assert status == 200 and len(doc["predictions"]) == 2
+    assert request(f"{url}/v1/models/{MODEL}/versions/1/metadata")[1]["model_spec"]["version"] == "1"
+    assert request(f"{url}/v1/models/{MODEL}/versions/60")[0] == 404
+    # a version that is neither the latest nor labelled is unloaded when a newer one comes
+    drop(3, lambda d: shutil.copytree(trained["version_dir"], d))
+    deadline = time.monotonic() + 30
+    while version() != "3" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    status, doc = request(f"{url}/v1/models/{MODEL}")
+    assert [v["version"] for v in doc["model_version_status"]] == ["3", "1"]
+    assert request(f"{url}/v1/models/{MODEL}/versions/2:predict", body)[0] == 404
+
+
+def test_batcher_joins_concurrent_requests_and_routes_results():
+    """Unit: concurrent requests share forward passes of at most max_batch_size images."""
+    import asyncio
+    import types
+
+    from trxsfr.serve import Batcher
+
+    sizes = []
+
+    def predict_images(images):
+        sizes.append(len(images))
+        time.sleep(0.02)
+        return images[:, 0, 0, :1] * 2  # one "probability" per image: its own id, doubled
+
+    lv = types.SimpleNamespace(classifier=types.SimpleNamespace(predict_images=predict_images))
+
+    async def main():
+        batcher = Batcher(max_batch_size=4, batch_timeout=0.05)
+        batcher.start()
+        try:
+            reqs = [np.full((1 + i % 2, 2, 2, 3), float(i), np.float32) for i in range(10)]
+            outs = await asyncio.gather(*(batcher.predict(lv, r) for r in reqs))
+        finally:
+            await batcher.stop()
+        return reqs, outs
+
+    reqs, outs = asyncio.run(main())
+    for r, out in zip(reqs, outs):
+        assert out.shape == (len(r), 1) and np.all(out == 2 * r[0, 0, 0, 0])
+    assert sum(sizes) == sum(len(r) for r in reqs) == 15
+    assert max(sizes) <= 4 and len(sizes) <= 6, sizes
+
+
+def test_serve_refuses_what_cannot_work(trained, tmp_path):
+    """Start-up problems are one clear line and exit 2, before anything listens."""
+    r = run_cli("serve", "--model_base_path", tmp_path / "missing")
+    assert r.code == 2 and "is not a directory" in r.err, r
+    r = run_cli("serve", "--model_base_path", trained["version_dir"])
+    assert r.code == 2 and "pass its parent" in r.err, r
+    broken = tmp_path / "broken"
+    shutil.copytree(trained["version_dir"], broken / "3")
+    (broken / "3" / "saved_model.pb").write_bytes(b"garbage")
+    r = run_cli("serve", "--model_base_path", broken)
+    assert r.code == 2 and "no working model version" in r.err, r
+    assert "not serving version 3" in r.err
+    r = run_cli("serve", "--model_base_path", trained["base"], "--version_label", "stable")
+    assert r.code == 2 and "LABEL=VERSION" in r.err, r
+    r = run_cli("serve", "--model_base_path", trained["base"], "--max_batch_size", "0")
+    assert r.code == 2 and "--max_batch_size must be positive" in r.err, r
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        r = run_cli("serve", "--model_base_path", trained["base"], "--port", taken.getsockname()[1])
+        assert r.code == 2 and "cannot listen on 127.0.0.1:" in r.err, r
+    finally:
+        taken.close()

@@ -1,0 +1,348 @@
+"""Benchmark of `serve` and of TFLite quantization on a MobileNet-V2-sized classifier.
+
+    python -m trxsfr.bench_serve [--quick] [--work DIR]       # serving vs raw forward
+    python -m trxsfr.bench_serve --tflite-table [--work DIR]  # quantization table
+
+Both build the same setup offline: a MobileNet-V2 (alpha 1.0, 224x224)
+extractor with fixed random weights (`mobilenet_fixture`), a few hundred
+generated colour-blob pictures of 200-280 px, and a classifier retrained on
+them. With `--work DIR` the setup is kept and reused by the next run.
+
+Serving: `trxsfr serve` runs in a subprocess; this process sends one JPEG per
+request ({"b64": ...}, TF Serving's row format) from 1, 8 and 32 keep-alive
+connections and reports requests/s and p50/p99 latency, beside the
+extractor's raw forward images/s at batch 1 and 32 measured in the same run
+(interleaved with the serving runs in rounds, so both see the same machine
+load; a shared machine's load changes by the minute). Targets
+(issue 5): concurrency 32 >= 0.8 x raw batch 32; concurrency 1 >= 0.7 x raw batch 1.
+
+TFLite: each quantization mode's size, held-out accuracy and single-image
+latency beside the float SavedModel. Targets: int8 and dynamic >= 3.5x
+smaller than float, <= 2 points of held-out accuracy lost.
+
+This is a benchmark, not a test: it prints figures (stdout), logs progress
+(stderr) and exits 0 whatever they are. It is an entry point like cli.py,
+so it prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+
+log = logging.getLogger("trxsfr.bench_serve")
+
+IMAGE_SIZE = 224
+CONCURRENCY = (1, 8, 32)
+
+
+def setup(work: str, per_class: int, heldout_per_class: int, steps: int) -> dict:
+    """Extractor, images and one trained model under `work`, reusing what is already there."""
+    from trxsfr.config import RetrainConfig
+    from trxsfr.fixtures import write_image_set
+    from trxsfr.mobilenet_fixture import build_mobilenet_v2_extractor
+
+    paths = {name: os.path.join(work, name) for name in
+             ("module", "images", "heldout", "cache", "models", "runs")}
+    if not os.path.exists(os.path.join(paths["module"], "saved_model.pb")):
+        log.info("building the MobileNet-V2 extractor (%dx%d, fixed random weights)",
+                 IMAGE_SIZE, IMAGE_SIZE)
+        build_mobilenet_v2_extractor(paths["module"], image_size=IMAGE_SIZE, seed=0)
+    if not os.path.isdir(paths["images"]):
+        write_image_set(paths["images"], per_class, seed=11, size_range=(200, 280))
+        write_image_set(paths["heldout"], heldout_per_class, seed=12, size_range=(200, 280))
+    if not os.path.isdir(paths["models"]):
+        import trxsfr
+
+        log.info("retraining on %d images per class", per_class)
+        result = trxsfr.retrain(RetrainConfig(
+            image_dir=paths["images"], tfhub_module=paths["module"], bottleneck_dir=paths["cache"],
+            saved_model_dir=paths["models"], summaries_dir=paths["runs"],
+            how_many_training_steps=steps, progress=False))
+        log.info("test accuracy %.3f", result.test_accuracy or float("nan"))
+    from trxsfr.classifier import resolve_version
+
+    paths["version"] = resolve_version(paths["models"])
+    paths["work"] = work
+    return paths
+
+
+class RawForward:
+    """The extractor alone on float32 [batch, 224, 224, 3] (no decode, no head), in this process."""
+
+    def __init__(self, module_dir: str):
+        import tensorflow as tf
+
+        self._tf = tf
+        self.module = tf.saved_model.load(module_dir)
+
+    def images_per_s(self, batch: int, seconds: float) -> float:
+        images = self._tf.constant(np.random.default_rng(0).random(
+            (batch, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32))
+        for _ in range(2):
+            self.module(images).numpy()
+        times, end = [], time.perf_counter() + seconds
+        while time.perf_counter() < end or len(times) < 3:
+            start = time.perf_counter()
+            self.module(images).numpy()
+            times.append(time.perf_counter() - start)
+        return batch / statistics.median(times)
+
+
+class Served:
+    """`trxsfr serve --port 0 --quiet` in a subprocess."""
+
+    def __init__(self, base: str, *flags):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trxsfr", "serve", "--model_base_path", base, "--port", "0",
+             "--quiet", *flags],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        if " at http://" not in line:
+            self.stop()
+            raise RuntimeError(f"server did not start: {line!r}")
+        url = line.split(" at ")[1].split("/v1/")[0]
+        self.host, self.port = url[len("http://"):].rsplit(":", 1)
+        self.port = int(self.port)
+        self.path = line.split(self.host + ":" + str(self.port))[1].split()[0] + ":predict"
+
+    def health(self) -> dict:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        try:
+            conn.request("GET", "/healthz")
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def load_run(served: Served, bodies: list[bytes], concurrency: int, seconds: float,
+             warm: float = 1.0) -> dict:
+    """`concurrency` clients, each on its own keep-alive connection, for `seconds` after `warm`."""
+    latencies: list[float] = []
+    failures = [0]
+    lock = threading.Lock()
+    start_at = time.perf_counter()
+    measure_from, stop_at = start_at + warm, start_at + warm + seconds
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection(served.host, served.port, timeout=60)
+        i = k
+        mine = []
+        while True:
+            now = time.perf_counter()
+            if now >= stop_at:
+                break
+            body = bodies[i % len(bodies)]
+            i += concurrency
+            try:
+                conn.request("POST", served.path, body, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                data = resp.read()
+                ok = resp.status == 200 and data.startswith(b'{"predictions"')
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection(served.host, served.port, timeout=60)
+            done = time.perf_counter()
+            if now >= measure_from and done <= stop_at:
+                if ok:
+                    mine.append(done - now)
+                else:
+                    with lock:
+                        failures[0] += 1
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    before = served.health()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = served.health()
+    ms = sorted(1000 * x for x in latencies)
+    return {
+        "concurrency": concurrency, "requests": len(ms), "failures": failures[0],
+        "batches": after["batches"] - before["batches"], "images": after["images"] - before["images"],
+        "latencies_ms": ms, "seconds": seconds,
+        "requests_per_s": len(ms) / seconds,
+        "p50_ms": ms[len(ms) // 2] if ms else float("nan"),
+        "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))] if ms else float("nan"),
+    }
+
+
+def _merge(parts: list[dict]) -> dict:
+    ms = sorted(x for p in parts for x in p["latencies_ms"])
+    seconds = sum(p["seconds"] for p in parts)
+    return {
+        "concurrency": parts[0]["concurrency"], "requests": len(ms),
+        "failures": sum(p["failures"] for p in parts), "requests_per_s": len(ms) / seconds,
+        "p50_ms": ms[len(ms) // 2] if ms else float("nan"),
+        "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))] if ms else float("nan"),
+        "mean_batch": sum(p["images"] for p in parts) / max(1, sum(p["batches"] for p in parts)),
+    }
+
+
+def bench_serving(paths: dict, seconds: float, rounds: int) -> dict:
+    """Serving runs interleaved with raw forward runs, so both see the same machine load.
+
+    For each concurrency, `rounds` times: raw batch 1 and batch 32 for a third
+    of `seconds / rounds` each, then serving for `seconds / rounds`. Ratios
+    compare the sums over the rounds.
+    """
+    import base64
+
+    files = sorted(os.path.join(r, f) for r, _, fs in os.walk(paths["heldout"]) for f in fs)
+    bodies = []
+    for f in files:
+        with open(f, "rb") as fh:
+            bodies.append(json.dumps({"instances": [{"b64": base64.b64encode(fh.read()).decode()}]})
+                          .encode())
+    raw = RawForward(paths["module"])
+    raw_runs = {1: [], 32: []}
+    served = Served(paths["models"])
+    try:
+        runs = []
+        slice_s = seconds / rounds
+        for c in CONCURRENCY:
+            log.info("serving at concurrency %d (%d rounds)", c, rounds)
+            parts = []
+            for _ in range(rounds):
+                for b in (1, 32):
+                    raw_runs[b].append((c, raw.images_per_s(b, slice_s / 3)))
+                parts.append(load_run(served, bodies, c, slice_s, warm=0.5))
+            runs.append(_merge(parts))
+    finally:
+        served.stop()
+    by_c = {c: {b: float(np.mean([v for cc, v in raw_runs[b] if cc == c])) for b in (1, 32)}
+            for c in CONCURRENCY}
+    return {"raw_by_concurrency": by_c, "runs": runs,
+            "raw": {b: float(np.mean([v for _, v in raw_runs[b]])) for b in (1, 32)},
+            "raw_min": {b: min(v for _, v in raw_runs[b]) for b in (1, 32)},
+            "raw_max": {b: max(v for _, v in raw_runs[b]) for b in (1, 32)},
+            "jpeg_bytes_mean": float(np.mean([os.path.getsize(f) for f in files])),
+            "ratio_c1": runs[0]["requests_per_s"] / by_c[1][1],
+            "ratio_c32": runs[-1]["requests_per_s"] / by_c[32][32]}
+
+
+def report_serving(r: dict) -> list[str]:
+    lines = [f"Raw forward of the extractor, images/s (mean of the interleaved runs, min-max): "
+             f"batch 1 {r['raw'][1]:.1f} ({r['raw_min'][1]:.1f}-{r['raw_max'][1]:.1f}), "
+             f"batch 32 {r['raw'][32]:.1f} ({r['raw_min'][32]:.1f}-{r['raw_max'][32]:.1f})",
+             f"Serving, one JPEG (mean {r['jpeg_bytes_mean'] / 1024:.1f} KiB) per request:",
+             "  concurrency  requests/s  p50 ms  p99 ms  requests  failures  mean batch"
+             "  raw b1 / b32 beside it"]
+    for run in r["runs"]:
+        raw = r["raw_by_concurrency"][run["concurrency"]]
+        lines.append(f"  {run['concurrency']:>11}  {run['requests_per_s']:>10.1f}  {run['p50_ms']:>6.1f}"
+                     f"  {run['p99_ms']:>6.1f}  {run['requests']:>8}  {run['failures']:>8}"
+                     f"  {run['mean_batch']:>10.1f}  {raw[1]:>6.1f} / {raw[32]:.1f}")
+    lines.append(f"Concurrency 1 / raw batch 1 = {r['ratio_c1']:.2f} (target >= 0.7: "
+                 f"{'met' if r['ratio_c1'] >= 0.7 else 'NOT met'})")
+    lines.append(f"Concurrency 32 / raw batch 32 = {r['ratio_c32']:.2f} (target >= 0.8: "
+                 f"{'met' if r['ratio_c32'] >= 0.8 else 'NOT met'})")
+    return lines
+
+
+def tflite_table(paths: dict, runs: int) -> list[dict]:
+    from trxsfr import labeling, tflite
+    from trxsfr.classifier import load
+    from trxsfr.footprint import disk_bytes, time_forward
+
+    out_dir = tempfile.mkdtemp(prefix="tflite-", dir=paths["work"])  # a new folder: never overwrite
+    rows = []
+    variants = [("float SavedModel", paths["version"])]
+    for mode in tflite.QUANTIZE_MODES:
+        path = os.path.join(out_dir, f"model-{mode}.tflite")
+        log.info("converting: %s", mode)
+        tflite.convert(paths["version"], path, mode, representative_dir=paths["images"])
+        variants.append((f"tflite {mode}", path))
+    for name, model in variants:
+        report = labeling.run(model, [paths["heldout"]], batch_size=32, progress=False)
+        clf = load(model)
+        latency = statistics.median(time_forward(clf, 1, runs)) * 1000
+        rows.append({"variant": name, "path": model, "bytes": disk_bytes(model),
+                     "accuracy": report.evaluation["accuracy"], "count": report.evaluation["count"],
+                     "latency_ms": latency})
+    return rows
+
+
+def report_tflite(rows: list[dict]) -> list[str]:
+    base = rows[0]
+    lines = ["  variant           size MB  x smaller  held-out acc  vs float  latency ms (1 image)"]
+    for r in rows:
+        lines.append(f"  {r['variant']:<16}  {r['bytes'] / 1e6:>7.2f}  {base['bytes'] / r['bytes']:>9.2f}"
+                     f"  {100 * r['accuracy']:>11.2f}%  {100 * (r['accuracy'] - base['accuracy']):>+7.2f}"
+                     f"  {r['latency_ms']:>8.2f}")
+    lines.append(f"  (held-out N={base['count']}; 'x smaller' and 'vs float' (points) against the "
+                 f"float SavedModel; latency: forward pass on one 224x224 image)")
+    for r in rows:
+        if r["variant"].endswith(("int8", "dynamic")):
+            small = base["bytes"] / r["bytes"] >= 3.5
+            kept = 100 * (base["accuracy"] - r["accuracy"]) <= 2
+            lines.append(f"  {r['variant']}: >= 3.5x smaller {'met' if small else 'NOT met'}; "
+                         f"<= 2 points lost {'met' if kept else 'NOT met'}")
+    return lines
+
+
+def main(argv: Optional[list] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trxsfr.bench_serve",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="Fewer images and shorter runs: a smoke run, not figures to quote.")
+    p.add_argument("--tflite-table", dest="tflite_table", action="store_true",
+                   help="Print the quantization table instead of the serving figures.")
+    p.add_argument("--work", default=None,
+                   help="Keep the extractor, images and model here and reuse them next time; "
+                        "unset: a temporary directory.")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="Measured serving seconds per concurrency level, split into rounds "
+                        "interleaved with raw forward runs (default 15, --quick 4).")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="bench: %(message)s")
+    logging.getLogger("trxsfr").setLevel(logging.INFO)
+    seconds = args.seconds or (4.0 if args.quick else 15.0)
+    work = args.work or tempfile.mkdtemp(prefix="trxsfr-bench-")
+    os.makedirs(work, exist_ok=True)
+    per_class, heldout, steps = (40, 15, 300) if args.quick else (100, 40, 1000)
+    paths = setup(work, per_class, heldout, steps)
+    print(f"Model: {paths['version']} (MobileNet-V2 extractor {IMAGE_SIZE}x{IMAGE_SIZE}, "
+          f"{per_class} training images per class, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f} at start)", flush=True)
+    if args.tflite_table:
+        rows = tflite_table(paths, 10 if args.quick else 30)
+        lines = report_tflite(rows)
+    else:
+        lines = report_serving(bench_serving(paths, seconds, 1 if args.quick else 3))
+    for line in lines:
+        print(line, flush=True)
+    print(f"Load average at end: {os.getloadavg()[0]:.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Convert an exported classifier to TFLite (optionally quantized) and run a .tflite like a SavedModel.
+
+A converted model takes float32 [1, H, W, 3] in [0, 1] (the images that
+`imaging.decode_and_resize` makes) and returns probabilities float32 [1, C].
+Decoding stays outside the model, in the same TF function that training and
+`label` use, so a .tflite is evaluated on exactly the pixels the SavedModel sees.
+
+Beside `model.tflite` the export writes two small files (never the model alone):
+
+- `model.labels.txt`: the labels, one per line, in class-id order (the usual
+  TFLite image-classification companion file);
+- `model.trxsfr.json`: the source model's metadata plus how it was converted.
+
+Several variants (none, dynamic, float16, int8) can therefore share a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from typing import Iterator, Optional
+
+import numpy as np
+
+from trxsfr.classifier import Classifier
+from trxsfr.errors import ExportError, InputError, ModelError
+
+log = logging.getLogger(__name__)
+
+QUANTIZE_MODES = ("none", "dynamic", "float16", "int8")
+SUFFIX = ".tflite"
+MAX_REPRESENTATIVE_IMAGES = 200
+
+
+def sidecar_paths(tflite_path: str) -> tuple[str, str]:
+    """(labels file, metadata file) that live beside `tflite_path`."""
+    stem = tflite_path[: -len(SUFFIX)] if tflite_path.endswith(SUFFIX) else tflite_path
+    return stem + ".labels.txt", stem + ".trxsfr.json"
+
+
+def _representative_images(image_dir: str, size: tuple[int, int], limit: int) -> list[np.ndarray]:
+    """Up to `limit` images under `image_dir` as float32 [1, H, W, 3] in [0, 1], in a stable order.
+
+    Files are spread over the whole sorted listing (every k-th), so calibration
+    sees every class folder, and decoded by `imaging.decode_and_resize`.
+    """
+    from trxsfr import dataset, imaging
+
+    if not os.path.isdir(image_dir):
+        raise InputError(f"--representative_dir {image_dir} is not a directory")
+    files = [f for f in dataset.list_files(image_dir) if dataset.is_image_name(f)]
+    if not files:
+        raise InputError(f"--representative_dir {image_dir} holds no image files "
+                         f"({', '.join(dataset.IMAGE_EXTENSIONS)})")
+    step = max(1, len(files) // limit)
+    chosen = [os.path.join(image_dir, f) for f in files[::step][:limit]]
+    images = []
+    for _, batch in imaging.image_dataset(chosen, size, 1):
+        images.append(batch.numpy())
+    if not images:
+        raise InputError(f"no image under --representative_dir {image_dir} decodes")
+    return images
+
+
+def convert(model: str, out: str, quantize: str = "none",
+            representative_dir: Optional[str] = None,
+            max_representative_images: int = MAX_REPRESENTATIVE_IMAGES) -> dict:
+    """Convert an exported trxsfr model to a .tflite file with its labels beside it.
+
+    Args:
+        model: a version directory or a base directory (its highest version).
+        out: path of the new .tflite file; it and its sidecars must not exist.
+        quantize: "none" (float32), "dynamic" (int8 weights, float activations),
+            "float16" (float16 weights), or "int8" (integer weights and
+            activations, calibrated on `representative_dir`; float input/output).
+        representative_dir: images to calibrate int8 activation ranges on
+            (e.g. the training folder); required for "int8".
+        max_representative_images: calibration images used at most.
+
+    Returns:
+        {"path", "labels_path", "metadata_path", "bytes", "seconds", "quantize"}.
+
+    Raises:
+        InputError: unknown mode, missing or empty representative dir, bad --out.
+        ExportError: `out` or a sidecar exists, or conversion fails.
+        ModelError: `model` is not a trxsfr model.
+    """
+    import tensorflow as tf
+
+    if quantize not in QUANTIZE_MODES:
+        raise InputError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize}")
+    if not out.endswith(SUFFIX):
+        raise InputError(f"--out {out} must end in {SUFFIX}")
+    if quantize == "int8" and not representative_dir:
+        raise InputError("--quantize int8 calibrates activations on real images: "
+                         "pass --representative_dir (e.g. your training image folder)")
+    labels_path, meta_path = sidecar_paths(out)
+    for path in (out, labels_path, meta_path):
+        if os.path.exists(path):
+            raise ExportError(f"{path} already exists; pass a new --out (nothing is overwritten)")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise ExportError(f"folder {parent} of --out does not exist")
+
+    clf = Classifier(model)
+    height, width = clf.image_size
+    start = time.perf_counter()
+    images_fn = clf.saved_model.signatures["predict_images"]
+
+    class ProbabilitiesOnly(tf.Module):
+        """The classifier on one float image, probabilities out (TFLite has no string outputs)."""
+
+        def __init__(self):
+            super().__init__(name="trxsfr_tflite")
+            self.model = clf.saved_model
+
+        @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, name="images")])
+        def serve(self, images):
+            return {"probabilities": images_fn(images=images)["probabilities"]}
+
+    module = ProbabilitiesOnly()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.serve.get_concrete_function()], module)
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    calibration_count = 0
+    if quantize == "int8":
+        calibration = _representative_images(representative_dir, (height, width),
+                                             max_representative_images)
+        calibration_count = len(calibration)
+
+        def representative() -> Iterator[list]:
+            for image in calibration:
+                yield [image]
+
+        converter.representative_dataset = representative
+        # Integer kernels everywhere; input and output stay float32 so callers need not care.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    try:
+        flatbuffer = converter.convert()
+    except Exception as e:
+        raise ExportError(f"TFLite conversion ({quantize}) of {clf.path} failed: "
+                          f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__}") from e
+    seconds = time.perf_counter() - start
+
+    metadata = dict(clf.metadata)
+    metadata["labels"] = list(clf.labels)
+    metadata["tflite"] = {
+        "quantize": quantize, "source_model": os.path.abspath(clf.path),
+        "image_size": [height, width], "calibration_images": calibration_count,
+        "tensorflow_version": tf.__version__, "created": int(time.time()),
+    }
+    _write_new(labels_path, "".join(f"{label}\n" for label in clf.labels).encode("utf-8"))
+    _write_new(meta_path, json.dumps(metadata, indent=1, sort_keys=True).encode("utf-8"))
+    _write_new(out, flatbuffer)  # last: a .tflite present means its sidecars are too
+    log.info("wrote %s (%s, %.1f MB) in %.1fs", out, quantize, len(flatbuffer) / 1e6, seconds)
+    return {"path": out, "labels_path": labels_path, "metadata_path": meta_path,
+            "bytes": len(flatbuffer), "seconds": seconds, "quantize": quantize}
+
+
+def _write_new(path: str, data: bytes) -> None:
+    """Write `path` whole or not at all, and never replace an existing file."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                       f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.link(tmp, path)  # fails if `path` appeared meanwhile, unlike rename
+    except FileExistsError as e:
+        raise ExportError(f"{path} already exists; pass a new --out (nothing is overwritten)") from e
+    except OSError as e:
+        raise ExportError(f"cannot write {path}: {e.strerror}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def interpreter_class():
+    """The LiteRT interpreter (`ai-edge-litert`) when installed, else `tf.lite.Interpreter`."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    return Interpreter
+
+
+class TFLiteClassifier(Classifier):
+    """A .tflite from `export-tflite`, with the interface of `Classifier`.
+
+    `predict_paths` is inherited: files go through the same `imaging.image_dataset`
+    pipeline as for a SavedModel, so the two are compared on identical pixels.
+    """
+
+    def __init__(self, path: str, num_threads: Optional[int] = None):
+        if not os.path.exists(path):
+            raise ModelError(f"model {path} does not exist")
+        if not os.path.isfile(path):
+            raise ModelError(f"model {path} is not a .tflite file")
+        self.path = path
+        labels_path, meta_path = sidecar_paths(path)
+        if not os.path.exists(labels_path):
+            raise ModelError(f"{path} has no labels file {labels_path} beside it "
+                             f"(trxsfr export-tflite writes one)")
+        with open(labels_path, encoding="utf-8") as f:
+            self.labels = [line.rstrip("\n") for line in f if line.strip()]
+        self.metadata = {}
+        if os.path.exists(meta_path):
+            with open(meta_path, encoding="utf-8") as f:
+                self.metadata = json.load(f)
+        start = time.perf_counter()
+        Interpreter = interpreter_class()
+        self.runtime = f"{Interpreter.__module__}.{Interpreter.__name__}"
+        try:
+            self._interpreter = Interpreter(model_path=path,
+                                            num_threads=num_threads or os.cpu_count() or 1)
+            self._interpreter.allocate_tensors()
+        except Exception as e:
+            raise ModelError(f"cannot load TFLite model {path}: "
+                             f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}") from e
+        inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(inputs[0]["shape"]) != 4 or inputs[0]["shape"][3] != 3:
+            raise ModelError(f"{path} does not take one float [1, H, W, 3] image; "
+                             f"not a trxsfr export-tflite model")
+        if len(outputs) != 1 or outputs[0]["shape"][-1] != len(self.labels):
+            raise ModelError(f"{path} outputs do not match its {len(self.labels)} labels in {labels_path}")
+        self._input, self._output = inputs[0]["index"], outputs[0]["index"]
+        self._batch = int(inputs[0]["shape"][0])
+        self.image_size = (int(inputs[0]["shape"][1]), int(inputs[0]["shape"][2]))
+        self.load_seconds = time.perf_counter() - start
+
+    @property
+    def version(self) -> str:
+        return os.path.basename(self.path)
+
+    @property
+    def saved_model(self):
+        raise ModelError(f"{self.path} is a TFLite model; this needs the SavedModel it was "
+                         f"converted from ({self.metadata.get('tflite', {}).get('source_model', 'unknown')})")
+
+    def _set_batch(self, n: int) -> None:
+        if n != self._batch:
+            self._interpreter.resize_tensor_input(self._input, [n, *self.image_size, 3], strict=False)
+            self._interpreter.allocate_tensors()
+            self._batch = n
+
+    def predict_images(self, images) -> np.ndarray:
+        """float32 [N, H, W, 3] in [0, 1] -> probabilities float32 [N, classes]."""
+        images = np.ascontiguousarray(np.asarray(images, np.float32))
+        if len(images) == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        self._set_batch(len(images))
+        self._interpreter.set_tensor(self._input, images)
+        self._interpreter.invoke()
+        return np.array(self._interpreter.get_tensor(self._output), np.float32)
+
+    def parameter_count(self) -> int:
+        """Weights stored in the file: elements of constant tensors (produced by no op, not an input).
+
+        Counted on a second interpreter without delegates: XNNPACK adds packed
+        copies of the weights to the tensor list of the one that runs.
+        """
+        Interpreter = interpreter_class()
+        if Interpreter.__module__.startswith("ai_edge_litert"):
+            from ai_edge_litert.interpreter import OpResolverType
+        else:
+            import tensorflow as tf
+
+            OpResolverType = tf.lite.experimental.OpResolverType
+        it = Interpreter(model_path=self.path,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        ops = getattr(it, "_get_ops_details", None)  # not public API; absent in some runtimes
+        if ops is None:
+            return int(self.metadata.get("parameters", 0))
+        produced = {int(t) for op in ops() for t in op["outputs"]}
+        produced.update(int(d["index"]) for d in it.get_input_details())
+        return int(sum(int(np.prod(t["shape"])) for t in it.get_tensor_details()
+                       if t["index"] not in produced and len(t["shape"])))
+
+
+def is_tflite(path: str) -> bool:
+    return str(path).endswith(SUFFIX)
+
+
+def load(path: str) -> TFLiteClassifier:
+    return TFLiteClassifier(path)
