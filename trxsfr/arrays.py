@@ -1,4 +1,4 @@
-"""NumPy arrays that TensorFlow can read in place, so large feature sets are never doubled."""
+"""64-byte-aligned NumPy arrays, which TensorFlow (via DLPack) and BLAS read in place."""
 
 from __future__ import annotations
 
@@ -13,12 +13,3 @@ def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
     buf = np.empty(nbytes + _ALIGN, np.uint8)
     offset = (-buf.ctypes.data) % _ALIGN
     return buf[offset:offset + nbytes].view(dtype).reshape(shape)
-
-
-def as_tensor(array: np.ndarray):
-    """A tf.Tensor over `array`: zero-copy (DLPack) when aligned and contiguous, else a copy."""
-    import tensorflow as tf
-
-    if array.flags.c_contiguous and array.ctypes.data % _ALIGN == 0 and array.size:
-        return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
-    return tf.constant(array)

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-import time
 from typing import Optional, Sequence
 
 from trxsfr.config import DEFAULT_MODULE, LabelConfig, RetrainConfig

@@ -10,8 +10,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-from trxsfr.arrays import as_tensor
-
 OPTIMIZERS = ("adam", "momentum", "sgd")
 
 
@@ -96,8 +94,9 @@ def train(
     Features are standardised with the training set's mean and deviation inside
     the loop (fast, well-conditioned learning) and the scaling is folded back
     into the returned weights, so the exported layer takes raw bottlenecks.
-    `features` is not copied when it is 64-byte aligned (see `aligned_empty`):
-    TensorFlow reads the caller's memory.
+    `features` is never copied whole: each step gathers its batch. The loop is
+    NumPy: for a layer this small, TensorFlow's per-op dispatch costs more
+    than the arithmetic.
 
     Args:
         features: float32 [N, D] training bottlenecks.
@@ -113,8 +112,6 @@ def train(
     """
     import time
 
-    import tensorflow as tf
-
     o = options
     if o.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {o.optimizer}")
@@ -123,73 +120,77 @@ def train(
     start = time.perf_counter()
     n, dim = features.shape
     mean, std = _standardiser(features)
-    tf_mean, tf_inv_std = tf.constant(mean), tf.constant(1.0 / std)
-    labels = labels.astype(np.int32)
-    per_class = tf.constant(class_weights(labels, num_classes, o.class_weight))
+    inv_std = (1.0 / std).astype(np.float32)
+    labels = labels.astype(np.int64)
+    per_class = class_weights(labels, num_classes, o.class_weight)
+    weighted = o.class_weight != "none"
+    smooth_on = np.float32(1.0 - o.label_smoothing + o.label_smoothing / num_classes)
+    smooth_off = np.float32(o.label_smoothing / num_classes)
+    x_val = y_val = None
     if validation is not None and len(validation[1]):
-        x_val = tf.constant(validation[0])
-        y_val = tf.constant(validation[1].astype(np.int32))
-    else:
-        x_val = y_val = None
+        x_val, y_val = validation[0], validation[1].astype(np.int64)
 
-    w = tf.Variable(tf.zeros([dim, num_classes]))
-    b = tf.Variable(tf.zeros([num_classes]))
-    slots = [tf.Variable(tf.zeros_like(v)) for v in (w, b, w, b)]  # m_w, m_b, v_w, v_b
-    t = tf.Variable(0, dtype=tf.int64)
-    lr = tf.constant(o.learning_rate, tf.float32)
+    # Weights live in standardised space (w, b); raw features map through
+    # w_raw = w * inv_std, b_raw = b - mean @ w_raw, so no standardised copy is made.
+    w = np.zeros((dim, num_classes), np.float32)
+    b = np.zeros(num_classes, np.float32)
+    slots = [np.zeros_like(w), np.zeros_like(b), np.zeros_like(w), np.zeros_like(b)]
+    drop_rng = np.random.default_rng([o.seed, 1])
 
-    def logits_of(x, training=False):
-        x = (x - tf_mean) * tf_inv_std
-        if training and o.dropout > 0:
-            x = tf.nn.experimental.stateless_dropout(
-                x, o.dropout, seed=tf.stack([tf.constant(o.seed, tf.int64), t]))
-        return tf.matmul(x, w) + b
+    def raw_weights():
+        w_raw = w * inv_std[:, None]
+        return w_raw, b - mean @ w_raw
+
+    def softmax(z):
+        z = z - z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return z
 
     def loss_and_accuracy(x, y):
-        logits = logits_of(x)
-        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, tf.int32), y), tf.float32))
-        return loss, acc
+        w_raw, b_raw = raw_weights()
+        z = x @ w_raw + b_raw
+        z -= z.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return (float(-log_p[np.arange(len(y)), y].mean()),
+                float(np.mean(z.argmax(axis=1) == y)))
 
-    def training_loss(x, y):
-        logits = logits_of(x, training=True)
-        target = tf.one_hot(y, num_classes) * (1.0 - o.label_smoothing) \
-            + o.label_smoothing / num_classes
-        ce = tf.nn.softmax_cross_entropy_with_logits(target, logits)
-        loss = tf.reduce_mean(ce * tf.gather(per_class, y))
+    def step_once(t, idx):
+        x = features[idx]
+        x -= mean
+        x *= inv_std
+        if o.dropout > 0:
+            keep = drop_rng.random(x.shape, np.float32) >= o.dropout
+            x *= keep / np.float32(1.0 - o.dropout)
+        g = softmax(x @ w + b)
+        g -= smooth_off
+        g[np.arange(len(idx)), labels[idx]] -= smooth_on - smooth_off
+        if weighted:
+            g *= per_class[labels[idx]][:, None]
+        g /= np.float32(len(idx))
+        dw = x.T @ g
         if o.l2 > 0:
-            loss += o.l2 * tf.reduce_sum(tf.square(w))
-        plain = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, tf.int32), y), tf.float32))
-        return loss, plain, acc
+            dw += np.float32(2.0 * o.l2) * w
+        for var, grad, m, v in ((w, dw, slots[0], slots[2]), (b, g.sum(axis=0), slots[1], slots[3])):
+            if o.optimizer == "adam":
+                m *= 0.9
+                m += 0.1 * grad
+                v *= 0.999
+                v += 0.001 * grad * grad
+                lr_t = o.learning_rate * np.sqrt(1.0 - 0.999 ** t) / (1.0 - 0.9 ** t)
+                var -= np.float32(lr_t) * m / (np.sqrt(v) + np.float32(1e-7))
+            elif o.optimizer == "momentum":
+                m *= 0.9
+                m += grad
+                var -= np.float32(o.learning_rate) * m
+            else:
+                var -= np.float32(o.learning_rate) * grad
 
-    x_train, y_train = as_tensor(features), tf.constant(labels)
+    def run(batches, t0):
+        for i, idx in enumerate(batches):
+            step_once(t0 + i + 1, idx)
+        return loss_and_accuracy(features[batches[-1]], labels[batches[-1]])
 
-    @tf.function
-    def run(batches):  # int32 [k, B] row indices: k optimisation steps
-        plain = acc = tf.constant(0.0)
-        for i in tf.range(tf.shape(batches)[0]):
-            t.assign_add(1)
-            x, y = tf.gather(x_train, batches[i]), tf.gather(y_train, batches[i])
-            with tf.GradientTape() as tape:
-                loss, plain, acc = training_loss(x, y)
-            grads = tape.gradient(loss, [w, b])
-            step = tf.cast(t, tf.float32)
-            for var, g, m, v in zip((w, b), grads, slots[:2], slots[2:]):
-                # Fused kernels: one op per variable instead of a dozen small ones.
-                if o.optimizer == "adam":
-                    tf.raw_ops.ResourceApplyAdam(
-                        var=var.handle, m=m.handle, v=v.handle,
-                        beta1_power=tf.pow(0.9, step), beta2_power=tf.pow(0.999, step),
-                        lr=lr, beta1=0.9, beta2=0.999, epsilon=1e-7, grad=g)
-                elif o.optimizer == "momentum":
-                    tf.raw_ops.ResourceApplyMomentum(
-                        var=var.handle, accum=m.handle, lr=lr, grad=g, momentum=0.9)
-                else:
-                    tf.raw_ops.ResourceApplyGradientDescent(var=var.handle, alpha=lr, delta=g)
-        return plain, acc
-
-    @tf.function
     def evaluate(x, y):
         return loss_and_accuracy(x, y)
 
@@ -197,6 +198,8 @@ def train(
     batch = min(o.batch_size, n) if o.batch_size > 0 else n
     writers = None
     if summary_dir:
+        import tensorflow as tf
+
         writers = {s: tf.summary.create_file_writer(f"{summary_dir}/{s}")
                    for s in ("train", "validation")}
     history = []
@@ -210,7 +213,7 @@ def train(
             batches = np.tile(np.arange(n, dtype=np.int32), (k, 1))
         else:
             batches = np.stack([rng.choice(n, batch, replace=False) for _ in range(k)])
-        loss, acc = run(tf.constant(batches.astype(np.int32)))
+        loss, acc = run(batches, step)
         step += k
         row = {"step": step, "train_accuracy": float(acc), "train_cross_entropy": float(loss)}
         if x_val is not None:
@@ -229,15 +232,16 @@ def train(
             with writers["train"].as_default(step=step):
                 tf.summary.scalar("accuracy", row["train_accuracy"])
                 tf.summary.scalar("cross_entropy", row["train_cross_entropy"])
-                tf.summary.histogram("final_layer/weights", w)
-                tf.summary.histogram("final_layer/biases", b)
+                w_raw, b_raw = raw_weights()
+                tf.summary.histogram("final_layer/weights", w_raw)
+                tf.summary.histogram("final_layer/biases", b_raw)
             if x_val is not None:
                 with writers["validation"].as_default(step=step):
                     tf.summary.scalar("accuracy", row["validation_accuracy"])
                     tf.summary.scalar("cross_entropy", row["validation_cross_entropy"])
         if o.early_stopping_patience > 0 and x_val is not None:
             if best is None or row["validation_cross_entropy"] < best[0]:
-                best = (row["validation_cross_entropy"], step, w.numpy(), b.numpy())
+                best = (row["validation_cross_entropy"], step, w.copy(), b.copy())
                 since_best = 0
             else:
                 since_best += 1
@@ -248,8 +252,8 @@ def train(
     if writers:
         for writer in writers.values():
             writer.close()
-    w_final, b_final = (best[2], best[3]) if best is not None else (w.numpy(), b.numpy())
-    weights = w_final / std[:, None]
-    bias = b_final - (mean / std) @ w_final
+    if best is not None:
+        w[...], b[...] = best[2], best[3]
+    weights, bias = raw_weights()
     return TrainResult(Head(weights.astype(np.float32), bias.astype(np.float32)), history,
                        time.perf_counter() - start, best[1] if best is not None else step)
