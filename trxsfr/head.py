@@ -81,6 +81,27 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> np.ndarray
     return np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0).astype(np.float32)
 
 
+def write_summaries(summary_dir: str, history: list[dict], snapshots: list) -> None:
+    """TensorBoard event files: `<dir>/train` and `<dir>/validation` scalars per
+    evaluation, histograms of the new layer at the snapshot steps."""
+    import tensorflow as tf
+
+    for split in ("train", "validation"):
+        rows = [r for r in history if f"{split}_accuracy" in r]
+        if not rows:
+            continue
+        writer = tf.summary.create_file_writer(f"{summary_dir}/{split}")
+        with writer.as_default():
+            for r in rows:
+                tf.summary.scalar("accuracy", r[f"{split}_accuracy"], step=r["step"])
+                tf.summary.scalar("cross_entropy", r[f"{split}_cross_entropy"], step=r["step"])
+            if split == "train":
+                for step, weights, bias in snapshots:
+                    tf.summary.histogram("final_layer/weights", weights, step=step)
+                    tf.summary.histogram("final_layer/biases", bias, step=step)
+        writer.close()
+
+
 def train(
     features: np.ndarray,
     labels: np.ndarray,
@@ -196,12 +217,7 @@ def train(
 
     rng = np.random.default_rng(o.seed)
     batch = min(o.batch_size, n) if o.batch_size > 0 else n
-    writers = None
-    if summary_dir:
-        import tensorflow as tf
-
-        writers = {s: tf.summary.create_file_writer(f"{summary_dir}/{s}")
-                   for s in ("train", "validation")}
+    snapshots = []  # (step, weights, bias) for TensorBoard histograms, about 20 per run
     history = []
     best = None  # (validation cross-entropy, step, w, b)
     since_best = 0
@@ -228,17 +244,8 @@ def train(
                 f"(N={len(validation[1])}), cross entropy = {row['validation_cross_entropy']:.4f}"
                 if x_val is not None else "",
             )
-        if writers:
-            with writers["train"].as_default(step=step):
-                tf.summary.scalar("accuracy", row["train_accuracy"])
-                tf.summary.scalar("cross_entropy", row["train_cross_entropy"])
-                w_raw, b_raw = raw_weights()
-                tf.summary.histogram("final_layer/weights", w_raw)
-                tf.summary.histogram("final_layer/biases", b_raw)
-            if x_val is not None:
-                with writers["validation"].as_default(step=step):
-                    tf.summary.scalar("accuracy", row["validation_accuracy"])
-                    tf.summary.scalar("cross_entropy", row["validation_cross_entropy"])
+        if summary_dir and (len(history) % max(1, evals_total // 20) == 0 or step >= o.steps):
+            snapshots.append((step, *raw_weights()))
         if o.early_stopping_patience > 0 and x_val is not None:
             if best is None or row["validation_cross_entropy"] < best[0]:
                 best = (row["validation_cross_entropy"], step, w.copy(), b.copy())
@@ -249,9 +256,10 @@ def train(
                     log.info("Early stop at step %d: validation cross entropy last improved "
                              "at step %d (%.4f); restoring those weights", step, best[1], best[0])
                     break
-    if writers:
-        for writer in writers.values():
-            writer.close()
+    if summary_dir:
+        # Written once at the end (training takes seconds): one eager summary op per
+        # value per evaluation would cost more than the training itself.
+        write_summaries(summary_dir, history, snapshots)
     if best is not None:
         w[...], b[...] = best[2], best[3]
     weights, bias = raw_weights()
