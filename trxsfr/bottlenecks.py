@@ -33,7 +33,6 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from trxsfr import imaging
-from trxsfr.arrays import aligned_empty
 from trxsfr.dataset import Skipped
 from trxsfr.errors import InputError
 
@@ -384,7 +383,7 @@ def ensure(
                 bad_paths[i] = bad_keys[key]
                 failed.append(Skipped(paths[i], bad_keys[key]))
     jobs = [job for job in jobs if job[0] not in bad_paths]
-    features = aligned_empty((len(jobs), store.dim))  # training reads it without a copy
+    features = np.empty((len(jobs), store.dim), np.float32)
     bad = store.read_into([key for _, key in jobs], features)
     if bad:  # records damaged on disk: compute those again, once
         log.warning("%d cached vectors failed their checksum; computing them again", len(bad))
@@ -394,7 +393,7 @@ def ensure(
         if again.failed or again.computed < len(bad):
             raise InputError(f"bottleneck cache {store.dir} is damaged and cannot be repaired "
                              f"in place; point --bottleneck_dir somewhere new")
-        features = aligned_empty((len(jobs), store.dim))
+        features = np.empty((len(jobs), store.dim), np.float32)
         if store.read_into([key for _, key in jobs], features):
             raise InputError(f"bottleneck cache {store.dir} keeps failing its checksums; "
                              f"point --bottleneck_dir somewhere new")

@@ -77,11 +77,9 @@ def check_augmentation(config: RetrainConfig, distortion) -> None:
 
 def with_views(x_train, y_train, image_set, train_items, augmented):
     """Training vectors plus the distorted views of the training images that decoded."""
-    from trxsfr.arrays import aligned_empty
-
     kept = {it.path: it.label for it in image_set.of_split(Split.TRAIN)}
     rows = [r for r, i in enumerate(augmented.ok) if train_items[i].path in kept]
-    x = aligned_empty((len(x_train) + len(rows), x_train.shape[1]))
+    x = np.empty((len(x_train) + len(rows), x_train.shape[1]), np.float32)
     x[:len(x_train)] = x_train
     x[len(x_train):] = augmented.features[rows]
     y = np.concatenate([y_train, [kept[train_items[augmented.ok[r]].path] for r in rows]])
