@@ -9,7 +9,6 @@ import contextlib
 import io
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -43,6 +42,17 @@ def run_cli(*args) -> CliResult:
         except SystemExit as e:  # argparse errors
             code = e.code
     return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def assert_bad_input(result, *needles) -> str:
+    """Exit 2, no traceback, exactly one `trxsfr: error:` line naming every needle."""
+    assert result.code == 2, result
+    assert "Traceback" not in result.err, result
+    errors = [line for line in result.err.splitlines() if line.startswith("trxsfr: error:")]
+    assert len(errors) == 1, result
+    for needle in needles:
+        assert str(needle) in errors[0], (needle, errors[0])
+    return errors[0]
 
 
 def run_subprocess(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:

@@ -14,23 +14,12 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import FAST_TRAIN, run_cli
+from conftest import FAST_TRAIN, assert_bad_input, run_cli
 
 CLASSES = ("blue", "green", "red")
 
 
 # ---------------------------------------------------------------- helpers
-
-def assert_bad_input(result, *needles) -> str:
-    """Exit 2, no traceback, exactly one `trxsfr: error:` line naming every needle."""
-    assert result.code == 2, result
-    assert "Traceback" not in result.err, result
-    errors = [line for line in result.err.splitlines() if line.startswith("trxsfr: error:")]
-    assert len(errors) == 1, result
-    for needle in needles:
-        assert str(needle) in errors[0], (needle, errors[0])
-    return errors[0]
-
 
 def fixture_jpegs(fx, label: str) -> list[str]:
     folder = os.path.join(fx["images"], label)
