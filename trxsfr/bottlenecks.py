@@ -153,8 +153,10 @@ class BottleneckStore:
         index = {}
         for seg in self._segments():
             records, keys, _ = self._counts(seg)
-            with open(os.path.join(self.dir, seg + ".keys"), "rb") if keys else _Empty() as f:
-                raw = f.read(min(records, keys) * KEY_BYTES)
+            raw = b""
+            if keys:
+                with open(os.path.join(self.dir, seg + ".keys"), "rb") as f:
+                    raw = f.read(min(records, keys) * KEY_BYTES)
             if keys < records:  # crashed between the two writes: take the keys from .bin
                 with open(os.path.join(self.dir, seg + ".bin"), "rb") as f:
                     for i in range(keys, records):
@@ -251,17 +253,6 @@ class BottleneckStore:
             for f in self._writer[:2]:
                 f.close()
             self._writer = None
-
-
-class _Empty:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def read(self, n):
-        return b""
 
 
 def store_for(bottleneck_dir: str, extractor) -> BottleneckStore:

@@ -112,6 +112,13 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def not_an_image(path: str) -> Skipped:
+    """The skip record of a file whose extension is no image format TensorFlow decodes."""
+    ext = os.path.splitext(path)[1] or "(no extension)"
+    return Skipped(path, f"not an image type TensorFlow decodes: {ext} "
+                         f"(use one of {', '.join(IMAGE_EXTENSIONS)})")
+
+
 def list_files(folder: str) -> list[str]:
     """Non-hidden files below `folder`, as sorted "/"-separated relative paths."""
     found = []
@@ -177,11 +184,7 @@ def discover(
             if is_image_name(rel):
                 images.append(path)
             else:
-                ext = os.path.splitext(rel)[1] or "(no extension)"
-                skipped.append(
-                    Skipped(path, f"not an image type TensorFlow decodes: {ext} "
-                                  f"(use one of {', '.join(IMAGE_EXTENSIONS)})")
-                )
+                skipped.append(not_an_image(path))
         items_by_class[name] = images
     labels = tuple(name for name, images in items_by_class.items() if images)
     empty = tuple(name for name, images in items_by_class.items() if not images)

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from trxsfr.errors import ExportError
+from trxsfr.files import write_new
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def save_versioned(extractor, weights, bias, labels: Sequence[str], metadata: di
     try:
         label_path = os.path.join(asset_src, LABELS_FILE)
         with open(label_path, "w", encoding="utf-8") as f:
-            f.write("".join(f"{label}\n" for label in labels))
+            f.write(labels_text(labels))
         meta_path = os.path.join(asset_src, METADATA_FILE)
         with open(meta_path, "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=1, sort_keys=True)
@@ -124,13 +125,18 @@ def save_versioned(extractor, weights, bias, labels: Sequence[str], metadata: di
     return target
 
 
+def labels_text(labels: Sequence[str]) -> str:
+    """The labels file format: one label per line, in class-id order."""
+    return "".join(f"{label}\n" for label in labels)
+
+
 def check_labels_file(path: str, labels: Sequence[str]) -> bool:
     """True if `path` already holds exactly these labels, False if it does not exist.
 
     Raises:
         ExportError: the path exists with other content (it is never replaced).
     """
-    content = "".join(f"{label}\n" for label in labels)
+    content = labels_text(labels)
     if not os.path.exists(path):
         return False
     if os.path.isfile(path):
@@ -145,10 +151,7 @@ def write_labels_file(path: str, labels: Sequence[str]) -> None:
     """Write `--output_labels` (one label per line) unless it already holds them."""
     if check_labels_file(path, labels):
         return
-    content = "".join(f"{label}\n" for label in labels)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(content)
-    os.replace(tmp, path)
+    try:
+        write_new(path, labels_text(labels).encode("utf-8"))
+    except FileExistsError as e:  # appeared since the check: still never replaced
+        raise ExportError(f"--output_labels {path} appeared during the run; pass a new path") from e

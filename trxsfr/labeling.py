@@ -38,8 +38,7 @@ def collect(inputs: Sequence[str], labels: Sequence[str]) -> tuple[list[Entry], 
         if dataset.is_image_name(path):
             entries.append(Entry(path, truth))
         else:
-            ext = os.path.splitext(path)[1] or "(no extension)"
-            skipped.append(Skipped(path, f"not an image type TensorFlow decodes: {ext}"))
+            skipped.append(dataset.not_an_image(path))
 
     for inp in inputs:
         if os.path.isfile(inp):

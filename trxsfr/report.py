@@ -17,12 +17,12 @@ import io
 import json
 import logging
 import os
-import uuid
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
 from trxsfr.errors import InputError
+from trxsfr.files import write_new
 
 if TYPE_CHECKING:
     from trxsfr.labeling import LabelReport
@@ -573,26 +573,10 @@ def write(source: Union[dict, "LabelReport"], out_path: str, thumbnails: int = D
     doc = source.to_json(top_k) if hasattr(source, "to_json") else source
     text, counts = render(doc, thumbnails, base_dirs)
     data = text.encode("utf-8")
-    parent = os.path.dirname(os.path.abspath(out_path))
-    tmp = os.path.join(parent, f".{os.path.basename(out_path)}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        os.makedirs(parent, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        try:
-            # link() fails if the target exists, so a file made meanwhile is never replaced.
-            os.link(tmp, out_path)
-        except FileExistsError:
-            raise
-        except OSError:
-            # No hard links on this filesystem: exclusive create is still never an overwrite.
-            with open(out_path, "xb") as f:
-                f.write(data)
+        write_new(out_path, data)
     except FileExistsError as e:
         raise InputError(f"report {out_path} already exists; pick a new path") from e
     except OSError as e:
         raise InputError(f"cannot write report {out_path}: {e.strerror or e}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return Written(out_path, len(data), counts["thumbnails"], counts["missing_images"])

@@ -20,13 +20,14 @@ import json
 import logging
 import os
 import time
-import uuid
 from typing import Iterator, Optional
 
 import numpy as np
 
 from trxsfr.classifier import Classifier
 from trxsfr.errors import ExportError, InputError, ModelError
+from trxsfr.export import labels_text
+from trxsfr.files import write_new
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def convert(model: str, out: str, quantize: str = "none",
         "image_size": [height, width], "calibration_images": calibration_count,
         "tensorflow_version": tf.__version__, "created": int(time.time()),
     }
-    _write_new(labels_path, "".join(f"{label}\n" for label in clf.labels).encode("utf-8"))
+    _write_new(labels_path, labels_text(clf.labels).encode("utf-8"))
     _write_new(meta_path, json.dumps(metadata, indent=1, sort_keys=True).encode("utf-8"))
     _write_new(out, flatbuffer)  # last: a .tflite present means its sidecars are too
     log.info("wrote %s (%s, %.1f MB) in %.1fs", out, quantize, len(flatbuffer) / 1e6, seconds)
@@ -164,20 +165,12 @@ def convert(model: str, out: str, quantize: str = "none",
 
 
 def _write_new(path: str, data: bytes) -> None:
-    """Write `path` whole or not at all, and never replace an existing file."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                       f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.link(tmp, path)  # fails if `path` appeared meanwhile, unlike rename
+        write_new(path, data)
     except FileExistsError as e:
         raise ExportError(f"{path} already exists; pass a new --out (nothing is overwritten)") from e
     except OSError as e:
         raise ExportError(f"cannot write {path}: {e.strerror}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def interpreter_class():
