@@ -356,7 +356,7 @@ def ensure(
                                    batch_size, distortion, seeds)
         returned = np.zeros(len(missing), bool)
         with imaging.progress_bar(len(missing), "bottlenecks", progress) as bar:
-            for pos, images in ds:
+            for pos, images in imaging.batches(ds):
                 vectors = extractor(images).numpy()
                 pos = pos.numpy()
                 returned[pos] = True

@@ -96,7 +96,7 @@ def fine_tune(extractor, weights: np.ndarray, bias: np.ndarray, paths: Sequence[
             seeds = rng.integers(0, 2**62, (per_pass, 2), dtype=np.int64) if distortion else None
             ds = imaging.image_dataset([paths[i] for i in order], extractor.image_size,
                                        options.batch_size, distortion, seeds)
-            for pos, images in ds:
+            for pos, images in imaging.batches(ds):
                 y = tf.constant(labels[order[pos.numpy()]])
                 losses.append(float(step(images, y)))
                 done += 1
@@ -112,7 +112,8 @@ def fine_tune(extractor, weights: np.ndarray, bias: np.ndarray, paths: Sequence[
 def features_of(extractor, paths: Sequence[str], batch_size: int = 32) -> tuple[np.ndarray, list[int]]:
     """Plain (undistorted) features of `paths` with the extractor as it is now: [len(ok), D], ok."""
     rows, ok = [], []
-    for pos, images in imaging.image_dataset(paths, extractor.image_size, batch_size):
+    for pos, images in imaging.batches(imaging.image_dataset(paths, extractor.image_size,
+                                                             batch_size)):
         rows.append(extractor.fn(images).numpy())
         ok += [int(p) for p in pos.numpy()]
     if not rows:
