@@ -193,18 +193,18 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     for note in notes:
         log.warning("%s", note)
 
-    def split_arrays(split: Split):
+    def split_arrays(split: Split, features: np.ndarray):
         items = image_set.of_split(split)
         rows = np.array([row_of[it.path] for it in items], np.int64)
         if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
-            x = cached.features[rows[0]:rows[0] + len(rows)]  # a view, not a copy
+            x = features[rows[0]:rows[0] + len(rows)]  # a view, not a copy
         else:
-            x = cached.features[rows]
+            x = features[rows]
         return items, x, np.array([it.label for it in items], np.int64)
 
-    _, x_train, y_train = split_arrays(Split.TRAIN)
-    _, x_val, y_val = split_arrays(Split.VALIDATION)
-    test_items, x_test, y_test = split_arrays(Split.TEST)
+    _, x_train, y_train = split_arrays(Split.TRAIN, cached.features)
+    _, x_val, y_val = split_arrays(Split.VALIDATION, cached.features)
+    test_items, x_test, y_test = split_arrays(Split.TEST, cached.features)
     if not len(y_val):
         notes.append("validation split is empty: no validation accuracy during training")
     if not len(y_test):
@@ -296,6 +296,11 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     }
     if config.output_labels:
         export.check_labels_file(config.output_labels, image_set.labels)
+    # The vectors are done with: free them before the export (the run's memory peak),
+    # so peak memory does not grow with the number of images beyond what training needs.
+    reused, computed = cached.reused, cached.computed
+    augmented_counts = (augmented.reused, augmented.computed) if augmented is not None else None
+    del cached, augmented, x_train, x_val, x_test, validation
     t1 = time.perf_counter()
     version_dir = export.save_versioned(extractor, final_head.weights, final_head.bias,
                                         image_set.labels, metadata, config.saved_model_dir)
@@ -306,9 +311,9 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     return RetrainResult(
         version_dir=version_dir, labels=image_set.labels, image_set=image_set, counts=counts,
         test_accuracy=test_accuracy, test_count=int(len(y_test)), misclassified=misclassified,
-        history=trained.history, reused=cached.reused, computed=cached.computed,
+        history=trained.history, reused=reused, computed=computed,
         skipped=image_set.skipped, notes=notes, summary_dir=summary_dir, timings=timings,
         sweep=sweep_rows, chosen=chosen,
-        augmented=(augmented.reused, augmented.computed) if augmented is not None else None,
+        augmented=augmented_counts,
         fine_tuned=tuned is not None,
     )
