@@ -614,6 +614,7 @@ class Bench:
         tiny_sample = decoded_sample(self.tiny_paths, self.tiny.image_size)
 
         self.raw["raw_forward_cpu_ms_per_image"] = cpu = {}
+        # A raw round before the first cold run and after each: load changes hit both alike.
         rounds = [raw_forward(self.extractor, sample, 2.0, cpu)]
         log(f"raw forward round 1: {fmt_rates(rounds[0])}")
         cold = []
@@ -621,8 +622,8 @@ class Bench:
             cold.append(cold_extraction(self.main_paths, self.extractor,
                                         self.path("inproc", f"cold-{r}"), batch))
             log(f"cold extraction {r + 1}/{s.repeats}: {cold[-1]['images_per_s']:.1f} img/s")
-        rounds.append(raw_forward(self.extractor, sample, 2.0, cpu))
-        log(f"raw forward round 2: {fmt_rates(rounds[1])}")
+            rounds.append(raw_forward(self.extractor, sample, 2.0, cpu))
+            log(f"raw forward round {r + 2}: {fmt_rates(rounds[-1])}")
         self.raw["raw_forward_rounds"] = rounds
         self.raw["cold_extraction"] = cold
         self.raw["decode_only"] = decode_only(self.main_paths, self.extractor.image_size, batch)
@@ -630,9 +631,11 @@ class Bench:
 
         self.raw["tiny_raw_forward_cpu_ms_per_image"] = tiny_cpu = {}
         tiny_rounds = [raw_forward(self.tiny, tiny_sample, 1.0, tiny_cpu)]
-        tiny_cold = [cold_extraction(self.tiny_paths, self.tiny, self.path("inproc", f"tiny-{r}"),
-                                     batch) for r in range(s.repeats)]
-        tiny_rounds.append(raw_forward(self.tiny, tiny_sample, 1.0, tiny_cpu))
+        tiny_cold = []
+        for r in range(s.repeats):
+            tiny_cold.append(cold_extraction(self.tiny_paths, self.tiny,
+                                             self.path("inproc", f"tiny-{r}"), batch))
+            tiny_rounds.append(raw_forward(self.tiny, tiny_sample, 1.0, tiny_cpu))
         self.raw["tiny_raw_forward_rounds"] = tiny_rounds
         self.raw["tiny_cold_extraction"] = tiny_cold
         self.raw["tiny_decode_only"] = decode_only(self.tiny_paths, self.tiny.image_size, batch)
@@ -756,7 +759,8 @@ def fmt_rates(rates: dict) -> str:
 
 
 def best_raw(rounds: list[dict]) -> tuple[float, int]:
-    best = max(((v, b) for rates in rounds for b, v in rates.items()))
+    """(images/s, batch size) of the best batch size, each size's rate the median of rounds."""
+    best = max((median([rates[b] for rates in rounds]), b) for b in rounds[0])
     return best[0], best[1]
 
 
@@ -775,7 +779,8 @@ def fig_cold_extraction(b: Bench) -> dict:
         "cold_extraction_runs": cold, "raw_forward_limit": limit,
         "batch_size": _config().bottleneck_batch_size,
     }, note="in-process bottlenecks.store_for + ensure into an empty cache (the bottleneck "
-            "phase of a cold retrain), median of repeats; the limit is the best of two rounds")
+            "phase of a cold retrain), median of repeats; the limit is the best batch size, "
+            "its rate the median of the raw rounds run before and after each cold run")
 
 
 def fig_label(b: Bench) -> dict:
