@@ -996,8 +996,9 @@ def _cpu_view(b: Bench, prefix: str) -> dict:
     decode = b.raw[f"{prefix}decode_only"]
     cold = b.raw[f"{prefix}cold_extraction"]
     extraction = median([c["cpu_ms_per_image"] for c in cold])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
-        "raw_forward_images_per_s": limit, "best_batch_size": batch,
+        "raw_forward_images_per_s": limit, "cores": cores, "best_batch_size": batch,
         "forward_cpu_ms_per_image": forward,
         "forward_cpu_ms_per_image_by_batch": b.raw[f"{prefix}raw_forward_cpu_ms_per_image"],
         "decode_only_images_per_s": decode["images_per_s"],
@@ -1005,10 +1006,13 @@ def _cpu_view(b: Bench, prefix: str) -> dict:
         "cold_extraction_cpu_ms_per_image": extraction,
         "cpu_efficiency": forward / extraction,
         "cores_used_by_raw_forward": limit * forward / 1000,
+        "ratio_bound": cores / (forward + decode["cpu_ms_per_image"]) * 1000 / limit,
         "note": "cpu_efficiency = forward CPU ÷ cold-extraction CPU per image: the ratio the "
                 "pipeline reaches when the CPUs are the limit. cores_used_by_raw_forward < 2 "
                 "means the forward pass alone left CPU idle that decoding could use (or that "
-                "other load took it)",
+                "other load took it). ratio_bound: the extraction ÷ raw ratio if the cores ran "
+                "only the forward pass and the decode pipeline, both at their own CPU cost per "
+                "image, with no idle time; no pipeline of this decoder can beat it",
     }
 
 

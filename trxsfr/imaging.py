@@ -168,6 +168,14 @@ def batches(ds: tf.data.Dataset):
         yield item
 
 
+def lower_thread_priority(tid: int = 0) -> None:
+    """nice 19 for one thread (0: the calling one); Linux priorities are per thread."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, 19)
+    except (AttributeError, OSError):
+        pass  # ended meanwhile, not permitted, or not Linux: it keeps its priority
+
+
 def _thread_ids() -> Optional[dict[int, str]]:
     try:
         ids = {}
@@ -188,10 +196,7 @@ def _demote_new_threads(before: dict[int, str], demoted: set[int]) -> None:
         if tid in before or tid in demoted or name.startswith("tf_"):
             continue
         demoted.add(tid)
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, 19)
-        except OSError:
-            pass  # ended meanwhile, or not permitted: it keeps its priority
+        lower_thread_priority(tid)
 
 
 _DECODE_ERRORS = (
