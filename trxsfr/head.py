@@ -37,8 +37,9 @@ class TrainResult:
     best_step: int  # the step whose weights were kept
 
 
-def _standardiser(features: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and deviation, in row chunks (no full-size temporaries)."""
+def _standardiser(features: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and deviation, in row chunks: float64 temporaries of `chunk` rows
+    (2.6 MB at D=1280), so memory does not grow with the number of images."""
     n = len(features)
     mean = np.zeros(features.shape[1], np.float64)
     for i in range(0, n, chunk):
@@ -178,21 +179,28 @@ def train(
 
     def step_once(t, idx):
         x = features[idx]
-        x -= mean
-        x *= inv_std
-        if o.dropout > 0:
+        if o.dropout > 0:  # the mask applies to standardised features: standardise the batch
+            x -= mean
+            x *= inv_std
             keep = drop_rng.random(x.shape, np.float32) >= o.dropout
             x *= keep / np.float32(1.0 - o.dropout)
-        g = softmax(x @ w + b)
+            g = softmax(x @ w + b)
+        else:  # standardise through the small weights instead of the batch
+            w_raw, b_raw = raw_weights()
+            g = softmax(x @ w_raw + b_raw)
         g -= smooth_off
         g[np.arange(len(idx)), labels[idx]] -= smooth_on - smooth_off
         if weighted:
             g *= per_class[labels[idx]][:, None]
         g /= np.float32(len(idx))
-        dw = x.T @ g
+        db = g.sum(axis=0)
+        if o.dropout > 0:
+            dw = x.T @ g
+        else:  # d/dw of ((x - mean) * inv_std) @ w
+            dw = (x.T @ g - np.outer(mean, db)) * inv_std[:, None]
         if o.l2 > 0:
             dw += np.float32(2.0 * o.l2) * w
-        for var, grad, m, v in ((w, dw, slots[0], slots[2]), (b, g.sum(axis=0), slots[1], slots[3])):
+        for var, grad, m, v in ((w, dw, slots[0], slots[2]), (b, db, slots[1], slots[3])):
             if o.optimizer == "adam":
                 m *= 0.9
                 m += 0.1 * grad
