@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
 SEGMENT_BYTES = 1 << 30
-_READ_CHUNK_BYTES = 16 << 20
+_READ_CHUNK_BYTES = 1 << 20  # reads are this big at most: a few syscalls per 1,000 vectors
 
 
 def content_key(data: bytes) -> bytes:
