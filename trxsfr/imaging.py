@@ -160,11 +160,10 @@ def batches(ds: tf.data.Dataset):
     wants the core. Threads are Linux-only per-thread priorities; elsewhere this is
     plain iteration.
     """
-    before = _thread_ids()
-    demoted: set[int] = set()
-    for n, item in enumerate(ds):
-        if DEMOTE_PIPELINE_THREADS and before is not None and (n < 4 or n % 16 == 0):
-            _demote_new_threads(before, demoted)
+    known = _thread_ids()
+    for item in ds:
+        if DEMOTE_PIPELINE_THREADS and known is not None:
+            _demote_new_threads(known)  # every batch: tf.data starts threads as it goes
         yield item
 
 
@@ -176,27 +175,26 @@ def lower_thread_priority(tid: int = 0) -> None:
         pass  # ended meanwhile, not permitted, or not Linux: it keeps its priority
 
 
-def _thread_ids() -> Optional[dict[int, str]]:
+def _thread_ids() -> Optional[set[int]]:
     try:
-        ids = {}
-        for tid in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{tid}/comm") as f:
-                    ids[int(tid)] = f.read().strip()
-            except OSError:
-                continue  # ended meanwhile
-        return ids
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
     except OSError:
         return None
 
 
-def _demote_new_threads(before: dict[int, str], demoted: set[int]) -> None:
-    """nice 19 for threads started since `before`, except TensorFlow's compute pool."""
-    for tid, name in (_thread_ids() or {}).items():
-        if tid in before or tid in demoted or name.startswith("tf_"):
+def _demote_new_threads(known: set[int]) -> None:
+    """nice 19 for threads not in `known` (then added), except TensorFlow's compute pool."""
+    for tid in _thread_ids() or ():
+        if tid in known:
             continue
-        demoted.add(tid)
-        lower_thread_priority(tid)
+        known.add(tid)
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read()
+        except OSError:
+            continue  # ended meanwhile
+        if not name.startswith("tf_"):
+            lower_thread_priority(tid)
 
 
 _DECODE_ERRORS = (
