@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -197,3 +198,32 @@ def test_path_index_skips_rehash_and_catches_changes(tmp_path, monkeypatch):
     with open(tmp_path / "paths.idx", "ab") as f:  # a torn line from a crash is ignored
         f.write(b"abc 12")
     assert bottlenecks.PathIndex(str(tmp_path / "paths.idx")).get(files[0], os.stat(files[0])) == first[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_pipeline_threads_run_at_low_priority_and_compute_threads_do_not(fx):
+    from trxsfr import imaging
+
+    def nice_of(tid):
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[16])
+
+    def threads():
+        out = {}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/comm") as f:
+                    out[int(tid)] = (f.read().strip(), nice_of(tid))
+            except OSError:
+                continue
+        return out
+
+    before = threads()
+    paths = [os.path.join(r, n) for r, _, ns in os.walk(fx["images"]) for n in ns][:40]
+    seen = {}
+    for _ in imaging.batches(imaging.image_dataset(paths, (32, 32), 8)):
+        seen.update(threads())
+    new = {tid: v for tid, v in seen.items() if tid not in before}
+    assert any(nice == 19 for _, nice in new.values()), new  # the decode threads
+    assert all(nice == 0 for name, nice in seen.values() if name.startswith("tf_")), seen
+    assert nice_of(threading.get_native_id()) == 0  # the consumer (forward pass) keeps its own
