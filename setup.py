@@ -21,7 +21,7 @@ setup(
         "numpy>=1.26,<3",
         "pillow>=10,<13",
         "tqdm>=4.66,<5",
-        # tf.summary writes TensorBoard event files only when tensorboard is installed.
+        # head.write_summaries writes event files with TensorBoard's own protobuf writers.
         "tensorboard>=2.20,<2.22",
         # report/explain figures, drawn with the non-interactive Agg renderer.
         "matplotlib>=3.8,<4",
