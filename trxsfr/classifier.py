@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import os
-import threading
 import time
 from typing import Sequence
 
@@ -128,23 +127,6 @@ class Classifier:
                     except tf.errors.InvalidArgumentError:
                         pass
 
-    def _warm_up_in_background(self, count: int, batch_size: int) -> threading.Thread:
-        """Run the batch shapes `count` images will use once on zeros, in a thread.
-
-        A model's first call at a new batch shape sets up its kernels (about 0.2 s
-        for a MobileNet); done while the input pipeline is being built, that time
-        overlaps instead of adding to the first batch.
-        """
-        shapes = sorted({min(batch_size, count), count % batch_size} - {0}, reverse=True)
-
-        def run():
-            for n in shapes:
-                self.predict_images(np.zeros((n, *self.image_size, 3), np.float32))
-
-        thread = threading.Thread(target=run, name="trxsfr-warm-up", daemon=True)
-        thread.start()
-        return thread
-
     def predict_paths(self, paths: Sequence[str], batch_size: int = 32,
                       progress: bool = False) -> Predictions:
         """Probabilities for image files, decoded exactly as at training time."""
@@ -156,7 +138,6 @@ class Classifier:
         if paths and self._exported_decode():
             self._predict_with_exported_decode(paths, batch_size, probs, returned)
         elif paths:
-            warm = self._warm_up_in_background(len(paths), batch_size)
             ds = imaging.image_dataset(paths, self.image_size, batch_size)
             with imaging.progress_bar(len(paths), "label", progress) as bar:
                 for pos, images in imaging.batches(ds):
@@ -164,7 +145,6 @@ class Classifier:
                     probs[pos] = self.predict_images(images)
                     returned[pos] = True
                     bar.update(len(pos))
-            warm.join()
         seconds = time.perf_counter() - start
         failed = [Skipped(paths[i], imaging.decode_error(paths[i], self.image_size))
                   for i in np.flatnonzero(~returned)]
