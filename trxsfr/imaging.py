@@ -131,7 +131,7 @@ def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int,
 
         ds = tf.data.Dataset.from_tensor_slices((positions, files, tf.constant(seeds, tf.int64)))
     # The functions use tf.cond/switch_case themselves: AutoGraph's conversion would only
-    # add ~0.1 s of tracing to every pipeline built.
+    # add 10-40 ms of tracing to every pipeline built.
     load = tf.autograph.experimental.do_not_convert(load)
     ds = ds.map(load, num_parallel_calls=_cores(), deterministic=True)
     ds = ds.ignore_errors().batch(batch_size).prefetch(2)
@@ -149,7 +149,8 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-# Whether `batches` lowers the CPU priority of the pipeline's threads (benchmarks compare).
+# Whether `batches` lowers the CPU priority of the pipeline's threads; False is for A/B
+# measurements (it measured +9% images/s on 2 cores, see docs/ARCHITECTURE.md).
 DEMOTE_PIPELINE_THREADS = True
 
 
