@@ -161,8 +161,10 @@ def batches(ds: tf.data.Dataset):
     waits for its slowest shard; a decode thread preempting one shard stalls the
     whole op. At nice 19 decoding takes the cycles the forward pass leaves idle
     (between its ops, in ops too small to shard) and yields when the forward pass
-    wants the core. Threads are Linux-only per-thread priorities; elsewhere this is
-    plain iteration.
+    wants the core. Which threads are tf.data's is not exposed, so every thread that
+    starts while this iterates (other than TensorFlow's own `tf_*` pools) is demoted:
+    in a program that starts threads of its own meanwhile, those run at nice 19 too.
+    Per-thread priorities are Linux's; elsewhere this is plain iteration.
     """
     known = _thread_ids()
     for item in ds:
