@@ -12,10 +12,21 @@ from typing import Sequence
 import numpy as np
 
 from trxsfr.dataset import Skipped
-from trxsfr.errors import ModelError
-from trxsfr.export import LABELS_FILE, METADATA_FILE, SIGNATURE_IMAGES
+from trxsfr.errors import ModelError, first_line
+from trxsfr.export import LABELS_FILE, METADATA_FILE, SIGNATURE_BYTES, SIGNATURE_IMAGES
 
 log = logging.getLogger(__name__)
+
+
+def versions(base: str) -> list[int]:
+    """Numbered directories under `base` holding a saved_model.pb, highest first."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return []
+    return sorted((int(n) for n in names
+                   if n.isdigit() and os.path.isfile(os.path.join(base, n, "saved_model.pb"))),
+                  reverse=True)
 
 
 def resolve_version(path: str) -> str:
@@ -30,16 +41,26 @@ def resolve_version(path: str) -> str:
         raise ModelError(f"model {path} is not a directory (pass a version dir or its base dir)")
     if os.path.exists(os.path.join(path, "saved_model.pb")):
         return path
-    versions = sorted(
-        (int(n) for n in os.listdir(path)
-         if n.isdigit() and os.path.exists(os.path.join(path, n, "saved_model.pb"))),
-        reverse=True,
-    )
-    if not versions:
+    found = versions(path)
+    if not found:
         raise ModelError(
             f"{path} is not a model: no saved_model.pb and no numbered version directories with one"
         )
-    return os.path.join(path, str(versions[0]))
+    return os.path.join(path, str(found[0]))
+
+
+def read_labels(path: str) -> list[str]:
+    """One label per non-empty line (a model's labels.txt)."""
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def read_metadata(path: str) -> dict:
+    """A model's trxsfr.json, or {} when there is none."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 @dataclasses.dataclass
@@ -60,18 +81,13 @@ class Classifier:
         label_file = os.path.join(self.path, "assets", LABELS_FILE)
         if not os.path.exists(label_file):
             raise ModelError(f"{self.path} is a SavedModel but not a trxsfr model (no assets/{LABELS_FILE})")
-        with open(label_file, encoding="utf-8") as f:
-            self.labels = [line.rstrip("\n") for line in f if line.strip()]
-        meta_file = os.path.join(self.path, "assets", METADATA_FILE)
-        self.metadata = {}
-        if os.path.exists(meta_file):
-            with open(meta_file, encoding="utf-8") as f:
-                self.metadata = json.load(f)
+        self.labels = read_labels(label_file)
+        self.metadata = read_metadata(os.path.join(self.path, "assets", METADATA_FILE))
         start = time.perf_counter()
         try:
             self._model = tf.saved_model.load(self.path)
         except Exception as e:
-            raise ModelError(f"cannot load model {self.path}: {str(e).splitlines()[0][:200]}") from e
+            raise ModelError(f"cannot load model {self.path}: {first_line(e)}") from e
         if SIGNATURE_IMAGES not in self._model.signatures:
             raise ModelError(f"{self.path} has no {SIGNATURE_IMAGES} signature; not a trxsfr model")
         self._predict = self._model.signatures[SIGNATURE_IMAGES]
@@ -98,7 +114,7 @@ class Classifier:
         from trxsfr import imaging
 
         made_with = self.metadata.get("preprocessing")
-        usable = "serving_default" in getattr(getattr(self, "_model", None), "signatures", {})
+        usable = SIGNATURE_BYTES in getattr(getattr(self, "_model", None), "signatures", {})
         if made_with == imaging.PREPROCESSING_VERSION or not usable:
             return False
         log.warning("%s was exported with preprocessing %s, this trxsfr has %s: decoding "
@@ -109,7 +125,7 @@ class Classifier:
     def _predict_with_exported_decode(self, paths, batch_size, probs, returned) -> None:
         import tensorflow as tf
 
-        serve = self._model.signatures["serving_default"]
+        serve = self._model.signatures[SIGNATURE_BYTES]
         for start in range(0, len(paths), batch_size):
             chunk = list(range(start, min(start + batch_size, len(paths))))
             data = []
@@ -154,8 +170,8 @@ class Classifier:
 
 def load(path: str) -> Classifier:
     """A SavedModel version/base directory, or a `.tflite` file from `export-tflite`."""
-    if str(path).endswith(".tflite"):
-        from trxsfr.tflite import TFLiteClassifier
+    from trxsfr import tflite
 
-        return TFLiteClassifier(str(path))
+    if tflite.is_tflite(path):
+        return tflite.TFLiteClassifier(str(path))
     return Classifier(path)

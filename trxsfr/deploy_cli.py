@@ -147,8 +147,6 @@ def add_export_tflite_parser(sub) -> None:
 def run_export_tflite(args) -> int:
     from trxsfr import tflite
 
-    if args.max_representative_images < 1:
-        raise InputError("--max_representative_images must be positive")
     if args.representative_dir and args.quantize != "int8":
         log.warning("--representative_dir is only used by --quantize int8; ignoring it")
     result = tflite.convert(args.model, args.out, args.quantize, args.representative_dir,

@@ -23,3 +23,9 @@ class ExportError(TrxsfrError):
 
 class InputError(TrxsfrError):
     """A flag or input path is unusable."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (at most `limit` characters), or its type."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

@@ -123,10 +123,11 @@ def measure(model: str, batch_size: int = 32, runs: int = 20) -> Footprint:
         ModelError: `model` is not a trxsfr model.
     """
     from trxsfr import classifier
+    from trxsfr.tflite import is_tflite
 
     if batch_size < 1 or runs < 1:
         raise InputError("--batch_size and --runs must be positive")
-    tflite = str(model).endswith(".tflite")
+    tflite = is_tflite(model)
     if not tflite:
         import tensorflow  # noqa: F401  -- the runtime's own memory is not the model's
 

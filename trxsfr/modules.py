@@ -9,7 +9,7 @@ import os
 import re
 from typing import Any, Callable, Optional
 
-from trxsfr.errors import ModuleError
+from trxsfr.errors import ModuleError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def load(handle: str, image_size: Optional[int] = None) -> Extractor:
     try:
         module = hub.load(location)
     except Exception as e:
-        raise ModuleError(f"could not load module {handle}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        raise ModuleError(f"could not load module {handle}: {first_line(e, 10_000)}") from e
     if not callable(module):
         raise ModuleError(
             f"module {handle} is not callable: trxsfr needs a TF2 image feature-vector "

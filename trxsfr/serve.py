@@ -45,12 +45,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from trxsfr.errors import InputError, ModelError, TrxsfrError
+from trxsfr.classifier import versions
+from trxsfr.errors import InputError, ModelError, TrxsfrError, first_line
+from trxsfr.export import SIGNATURE_BYTES, SIGNATURE_IMAGES
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_BYTES = "serving_default"
-SIGNATURE_IMAGES = "predict_images"
 INPUT_BYTES = "image_bytes"
 INPUT_IMAGES = "images"
 OUTPUTS = ("probabilities", "classes", "class_ids", "scores")
@@ -94,7 +94,6 @@ class LoadedVersion:
     classifier: Any  # trxsfr.classifier.Classifier
     decode: Any  # tf.function: scalar tf.string -> float32 [H, W, 3] in [0, 1]
     signature_defs: dict  # signature name -> SignatureDef as JSON (TF Serving's metadata)
-    loaded_at: float
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -148,8 +147,8 @@ def load_version(base: str, version: int) -> LoadedVersion:
     except ModelError:
         raise
     except Exception as e:
-        raise ModelError(f"{path} fails a test prediction: {str(e).strip().splitlines()[0][:200]}") from e
-    return LoadedVersion(version, clf, decode, sigs, time.time())
+        raise ModelError(f"{path} fails a test prediction: {first_line(e)}") from e
+    return LoadedVersion(version, clf, decode, sigs)
 
 
 def _dir_state(path: str) -> tuple:
@@ -164,17 +163,6 @@ def _dir_state(path: str) -> tuple:
                 continue
             state.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
     return tuple(sorted(state))
-
-
-def complete_versions(base: str) -> list[int]:
-    """Numbered directories under `base` holding a saved_model.pb, highest first."""
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return []
-    return sorted((int(n) for n in names
-                   if n.isdigit() and os.path.isfile(os.path.join(base, n, "saved_model.pb"))),
-                  reverse=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +201,7 @@ class VersionWatcher:
             return None
         except Exception as e:  # anything TF throws at a broken directory
             self._failed[version] = state
-            log.warning("not serving version %d: %s", version, str(e).strip().splitlines()[0][:200])
+            log.warning("not serving version %d: %s", version, first_line(e))
             return None
         log.info("loaded version %d from %s in %.2fs", version, lv.classifier.path,
                  lv.classifier.load_seconds)
@@ -248,7 +236,7 @@ class VersionWatcher:
     def poll(self, wait_until_stable: bool = True) -> bool:
         """Look at the base dir once; load and swap in what changed. True if the snapshot changed."""
         old = self.snapshot
-        on_disk = complete_versions(self.base)
+        on_disk = versions(self.base)
         latest = self._pick_latest(on_disk, old, wait_until_stable)
         wanted = {latest.version: latest} if latest is not None else {}
         for version in self.version_labels.values():

@@ -24,8 +24,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from trxsfr.classifier import Classifier
-from trxsfr.errors import ExportError, InputError, ModelError
+from trxsfr.classifier import Classifier, read_labels, read_metadata
+from trxsfr.errors import ExportError, InputError, ModelError, first_line
 from trxsfr.export import labels_text
 from trxsfr.files import write_new
 
@@ -95,6 +95,8 @@ def convert(model: str, out: str, quantize: str = "none",
         raise InputError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize}")
     if not out.endswith(SUFFIX):
         raise InputError(f"--out {out} must end in {SUFFIX}")
+    if max_representative_images < 1:
+        raise InputError("--max_representative_images must be positive")
     if quantize == "int8" and not representative_dir:
         raise InputError("--quantize int8 calibrates activations on real images: "
                          "pass --representative_dir (e.g. your training image folder)")
@@ -146,7 +148,7 @@ def convert(model: str, out: str, quantize: str = "none",
         flatbuffer = converter.convert()
     except Exception as e:
         raise ExportError(f"TFLite conversion ({quantize}) of {clf.path} failed: "
-                          f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__}") from e
+                          f"{first_line(e, 300)}") from e
     seconds = time.perf_counter() - start
 
     metadata = dict(clf.metadata)
@@ -201,12 +203,8 @@ class TFLiteClassifier(Classifier):
         if not os.path.exists(labels_path):
             raise ModelError(f"{path} has no labels file {labels_path} beside it "
                              f"(trxsfr export-tflite writes one)")
-        with open(labels_path, encoding="utf-8") as f:
-            self.labels = [line.rstrip("\n") for line in f if line.strip()]
-        self.metadata = {}
-        if os.path.exists(meta_path):
-            with open(meta_path, encoding="utf-8") as f:
-                self.metadata = json.load(f)
+        self.labels = read_labels(labels_path)
+        self.metadata = read_metadata(meta_path)
         start = time.perf_counter()
         Interpreter = interpreter_class()
         self.runtime = f"{Interpreter.__module__}.{Interpreter.__name__}"
@@ -216,7 +214,7 @@ class TFLiteClassifier(Classifier):
             self._interpreter.allocate_tensors()
         except Exception as e:
             raise ModelError(f"cannot load TFLite model {path}: "
-                             f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}") from e
+                             f"{first_line(e)}") from e
         inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
         if len(inputs) != 1 or len(inputs[0]["shape"]) != 4 or inputs[0]["shape"][3] != 3:
             raise ModelError(f"{path} does not take one float [1, H, W, 3] image; "
@@ -227,10 +225,6 @@ class TFLiteClassifier(Classifier):
         self._batch = int(inputs[0]["shape"][0])
         self.image_size = (int(inputs[0]["shape"][1]), int(inputs[0]["shape"][2]))
         self.load_seconds = time.perf_counter() - start
-
-    @property
-    def version(self) -> str:
-        return os.path.basename(self.path)
 
     @property
     def saved_model(self):
@@ -280,6 +274,3 @@ class TFLiteClassifier(Classifier):
 def is_tflite(path: str) -> bool:
     return str(path).endswith(SUFFIX)
 
-
-def load(path: str) -> TFLiteClassifier:
-    return TFLiteClassifier(path)
