@@ -95,6 +95,9 @@ def test_export_never_overwrites_and_rejects_bad_flags(tflite_models, trained, t
     assert r.code == 2 and "no image files" in r.err, r
     r = run_cli("export-tflite", "--model", trained["base"], "--out", tmp_path / "y.lite", "--quiet")
     assert r.code == 2 and "must end in .tflite" in r.err, r
+    r = run_cli("export-tflite", "--model", trained["base"], "--out", tmp_path / "y.tflite",
+                "--max_representative_images", "0", "--quiet")
+    assert r.code == 2 and "--max_representative_images must be positive" in r.err, r
     r = run_cli("export-tflite", "--model", tmp_path / "nope", "--out", tmp_path / "z.tflite", "--quiet")
     assert r.code == 2 and "does not exist" in r.err, r
     assert not (tmp_path / "y.tflite").exists() and not (tmp_path / "z.tflite").exists()
