@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from trxsfr.config import DEFAULT_MODULE, LabelConfig, RetrainConfig
+from trxsfr.config import DEFAULT_MODULE, SWEEPABLE, LabelConfig, RetrainConfig
 from trxsfr.errors import InputError, TrxsfrError
 from trxsfr.tables import table
 
@@ -160,7 +160,7 @@ def retrain_config(args) -> RetrainConfig:
     from trxsfr.modules import architecture_to_shortcut
 
     module = architecture_to_shortcut(args.architecture) if args.architecture else args.tfhub_module
-    swept, sweep = _sweep_and_values(args, ("learning_rate", "l2", "label_smoothing"))
+    swept, sweep = _sweep_and_values(args, SWEEPABLE)
     for name, low, high in (("label_smoothing", 0, 1), ("dropout", 0, 1)):
         for v in (dict(sweep).get(name) or (swept.get(name, getattr(args, name)),)):
             if not low <= v < high:
@@ -220,7 +220,7 @@ def run_retrain(args) -> int:
         for path, true, pred in result.misclassified:
             _out(f"  {path} (true: {true}, predicted: {pred})")
     if result.sweep:
-        names = [n for n in ("learning_rate", "l2", "label_smoothing") if n in result.sweep[0]]
+        names = [n for n in SWEEPABLE if n in result.sweep[0]]
         _out("Sweep (lowest validation cross entropy is exported):")
         rows = [[f"{r[n]:g}" for n in names] + [f"{r['validation_cross_entropy']:.4f}",
                 f"{100 * r['validation_accuracy']:.1f}%", f"{r['seconds']:.1f}s",

@@ -8,6 +8,10 @@ from typing import Optional
 DEFAULT_MODULE = "mobilenet_v2_100_224"
 
 
+# RetrainConfig fields that take comma-separated values (a sweep).
+SWEEPABLE = ("learning_rate", "l2", "label_smoothing")
+
+
 @dataclasses.dataclass(frozen=True)
 class RetrainConfig:
     """Settings of one `retrain` run; field names follow TF's retrain.py flags."""
@@ -25,7 +29,7 @@ class RetrainConfig:
     dropout: float = 0.0
     class_weight: str = "none"
     early_stopping_patience: int = 0
-    # Hyper-parameter sweep: ((field name, (value, ...)), ...); one head per combination.
+    # Sweep: ((name in SWEEPABLE, (value, ...)), ...); one head per combination.
     sweep: tuple = ()
     train_batch_size: int = 100
     # Distortions (TF retrain.py's flags), cached as `augment_copies` views per training image.

@@ -13,7 +13,7 @@ import numpy as np
 
 from trxsfr import __version__ as VERSION
 from trxsfr import dataset, imaging
-from trxsfr.config import RetrainConfig, default_eval_interval
+from trxsfr.config import SWEEPABLE, RetrainConfig, default_eval_interval
 from trxsfr.dataset import ImageSet, Skipped, Split
 from trxsfr.errors import InputError
 
@@ -58,7 +58,6 @@ def fresh_run_dir(summaries_dir: str) -> str:
     raise InputError(f"cannot find a fresh run directory under {summaries_dir}")
 
 
-SWEEPABLE = ("learning_rate", "l2", "label_smoothing")
 
 
 def check_augmentation(config: RetrainConfig, distortion) -> None:
@@ -153,8 +152,9 @@ def retrain(config: RetrainConfig) -> RetrainResult:
                         ("bottleneck_batch_size", config.bottleneck_batch_size)):
         if value <= 0:
             raise InputError(f"--{flag} must be positive, got {value}")
-    if config.learning_rate <= 0:
-        raise InputError(f"--learning_rate must be positive, got {config.learning_rate}")
+    for rate in dict(config.sweep).get("learning_rate", (config.learning_rate,)):
+        if rate <= 0:
+            raise InputError(f"--learning_rate must be positive, got {rate}")
     distortion = imaging.Distortion(config.flip_left_right, config.random_crop,
                                     config.random_scale, config.random_brightness)
     check_augmentation(config, distortion)
