@@ -207,6 +207,11 @@ def test_zero_training_steps(fx, tmp_path):
     assert_bad_input(result, "--how_many_training_steps")
 
 
+def test_negative_learning_rate_inside_a_sweep(fx, tmp_path):
+    result = retrain(fx, tmp_path, fx["images"], "--learning_rate", "0.01,-1")
+    assert_bad_input(result, "--learning_rate must be positive, got -1")
+
+
 # ---------------------------------------------------------------- retrain: destinations
 
 def test_saved_model_dir_is_a_file(fx, tmp_path):
