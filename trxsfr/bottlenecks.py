@@ -381,13 +381,14 @@ def ensure(
         redo = sorted({jobs[b][0] for b in bad})
         again = ensure([paths[i] for i in redo], extractor, store, batch_size, False, None,
                        distortion, copies)
-        if again.failed or again.computed < len(bad):
+        if again.failed or again.computed < len({jobs[b][1] for b in bad}):  # distinct keys
             raise InputError(f"bottleneck cache {store.dir} is damaged and cannot be repaired "
                              f"in place; point --bottleneck_dir somewhere new")
-        features = np.empty((len(jobs), store.dim), np.float32)
-        if store.read_into([key for _, key in jobs], features):
+        repaired = np.empty((len(bad), store.dim), np.float32)  # re-read only those rows
+        if store.read_into([jobs[b][1] for b in bad], repaired):
             raise InputError(f"bottleneck cache {store.dir} keeps failing its checksums; "
                              f"point --bottleneck_dir somewhere new")
+        features[bad] = repaired
         computed += again.computed
     failed.sort(key=lambda s: s.path)
     ok = [i for i, _ in jobs]
