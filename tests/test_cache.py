@@ -227,3 +227,32 @@ def test_pipeline_threads_run_at_low_priority_and_compute_threads_do_not(fx):
     assert any(nice == 19 for _, nice in new.values()), new  # the decode threads
     assert all(nice == 0 for name, nice in seen.values() if name.startswith("tf_")), seen
     assert nice_of(threading.get_native_id()) == 0  # the consumer (forward pass) keeps its own
+
+
+def test_damaged_record_is_computed_again_also_when_shared_by_identical_files(fx, tmp_path):
+    import shutil
+
+    from trxsfr import bottlenecks, modules
+
+    extractor = modules.load(fx["module"])
+    red = os.path.join(fx["images"], "red")
+    src = sorted(os.path.join(red, n) for n in os.listdir(red))[:4]
+    files = []
+    for i, p in enumerate(src + src[:1]):  # the last file has the first one's bytes
+        files.append(str(tmp_path / f"{i}.jpg"))
+        shutil.copyfile(p, files[-1])
+    store = bottlenecks.store_for(str(tmp_path / "cache"), extractor)
+    first = bottlenecks.ensure(files, extractor, store, 2, progress=False)
+    store.close()
+    assert first.computed == 4
+    (seg,) = segments(store.dir)
+    with open(os.path.join(store.dir, seg), "r+b") as f:  # flip a byte of the first record's vector
+        f.seek(bottlenecks.KEY_BYTES + 5)
+        byte = f.read(1)
+        f.seek(bottlenecks.KEY_BYTES + 5)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    store = bottlenecks.store_for(str(tmp_path / "cache"), extractor)
+    again = bottlenecks.ensure(files, extractor, store, 2, progress=False)
+    store.close()
+    assert again.computed == 1 and again.failed == []
+    np.testing.assert_allclose(again.features, first.features, rtol=1e-5, atol=1e-6)
