@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from trxsfr import files
 from trxsfr.errors import InputError, ModelError
 
 DEFAULT_STEPS = 50
@@ -226,8 +227,7 @@ def _write_new(directory: str, stem: str, data: bytes) -> str:
     for n in range(1, 10_000):
         path = os.path.join(directory, f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
         try:
-            with open(path, "xb") as f:
-                f.write(data)
+            files.write_new(path, data)  # whole or not at all
             return path
         except FileExistsError:
             continue

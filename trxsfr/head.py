@@ -234,9 +234,6 @@ def train(
             step_once(t0 + i + 1, idx)
         return loss_and_accuracy(features[batches[-1]], labels[batches[-1]])
 
-    def evaluate(x, y):
-        return loss_and_accuracy(x, y)
-
     rng = np.random.default_rng(o.seed)
     batch = min(o.batch_size, n) if o.batch_size > 0 else n
     snapshots = []  # (step, weights, bias) for TensorBoard histograms, about 20 per run
@@ -255,7 +252,7 @@ def train(
         step += k
         row = {"step": step, "train_accuracy": float(acc), "train_cross_entropy": float(loss)}
         if x_val is not None:
-            v_loss, v_acc = evaluate(x_val, y_val)
+            v_loss, v_acc = loss_and_accuracy(x_val, y_val)
             row.update(validation_accuracy=float(v_acc), validation_cross_entropy=float(v_loss))
         history.append(row)
         if len(history) % max(1, evals_total // 10) == 0 or step >= o.steps:

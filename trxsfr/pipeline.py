@@ -125,9 +125,9 @@ def run_sweep(config, x_train, y_train, num_classes, validation, summary_dir):
         log.info("sweep %s: validation cross entropy %.4f, accuracy %.1f%% (%.1fs)",
                  name, xent, 100 * acc, trained.seconds)
         if best is None or xent < best[0]:
-            best = (xent, combo, trained)
-    for row in rows:
-        row["chosen"] = all(row[k] == v for k, v in best[1].items())
+            best = (xent, len(rows) - 1, trained)
+    for i, row in enumerate(rows):
+        row["chosen"] = i == best[1]
     return best[2], rows
 
 
