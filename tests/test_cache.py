@@ -225,7 +225,8 @@ def test_pipeline_threads_run_at_low_priority_and_compute_threads_do_not(fx):
         seen.update(threads())
     new = {tid: v for tid, v in seen.items() if tid not in before}
     assert any(nice == 19 for _, nice in new.values()), new  # the decode threads
-    assert all(nice == 0 for name, nice in seen.values() if name.startswith("tf_")), seen
+    compute = [nice for name, nice in seen.values() if name.startswith("tf_")]
+    assert compute and all(nice == 0 for nice in compute), seen
     assert nice_of(threading.get_native_id()) == 0  # the consumer (forward pass) keeps its own
 
 
