@@ -383,16 +383,30 @@ def decoded_sample(paths: Sequence[str], size, n: int = 64) -> np.ndarray:
     return np.concatenate(batches)
 
 
-def cold_extraction(paths: Sequence[str], extractor, cache_dir: str, batch_size: int) -> dict:
-    """JPEG files -> cached vectors into an empty cache: the bottleneck phase of a cold run."""
-    from trxsfr import bottlenecks
+def _cache_root() -> str:
+    """The folder retrain keeps its caches in, relative to its working directory."""
+    from trxsfr.config import RetrainConfig
 
-    start, cpu_start = time.perf_counter(), time.process_time()
+    return os.path.dirname(RetrainConfig.bottleneck_dir)
+
+
+def ensure_in(cache_dir: str, extractor, paths: Sequence[str], batch_size: Optional[int] = None):
+    """bottlenecks.ensure into the store of `extractor` under `cache_dir` (opened and closed here)."""
+    from trxsfr import bottlenecks
+    from trxsfr.config import RetrainConfig
+
     store = bottlenecks.store_for(cache_dir, extractor)
     try:
-        result = bottlenecks.ensure(list(paths), extractor, store, batch_size, progress=False)
+        return bottlenecks.ensure(list(paths), extractor, store,
+                                  batch_size or RetrainConfig.bottleneck_batch_size, progress=False)
     finally:
         store.close()
+
+
+def cold_extraction(paths: Sequence[str], extractor, cache_dir: str, batch_size: int) -> dict:
+    """JPEG files -> cached vectors into an empty cache: the bottleneck phase of a cold run."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    result = ensure_in(cache_dir, extractor, paths, batch_size)
     seconds = time.perf_counter() - start
     cpu_ms = 1000 * (time.process_time() - cpu_start) / len(paths)
     if result.failed or result.computed != len(paths):
@@ -438,18 +452,13 @@ def linear_reference(image_dir: str, extractor, cache_dir: str, heldout_dir: str
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from trxsfr import bottlenecks, dataset
+    from trxsfr import dataset
     from trxsfr.config import RetrainConfig
 
     d = RetrainConfig
     image_set = dataset.discover(image_dir, d.validation_percentage, d.testing_percentage)
     paths = [image_set.abs_path(item) for item in image_set.items]
-    store = bottlenecks.store_for(cache_dir, extractor)
-    try:
-        cached = bottlenecks.ensure(paths, extractor, store, d.bottleneck_batch_size,
-                                    progress=False)
-    finally:
-        store.close()
+    cached = ensure_in(cache_dir, extractor, paths)
     items = [image_set.items[i] for i in cached.ok]
     x = cached.features
     y = np.array([it.label for it in items])
@@ -473,12 +482,7 @@ def linear_reference(image_dir: str, extractor, cache_dir: str, heldout_dir: str
     for label, rels in known.items():
         h_paths += [os.path.join(heldout_dir, rel) for rel in rels]
         h_y += [list(image_set.labels).index(label)] * len(rels)
-    store = bottlenecks.store_for(heldout_cache_dir, extractor)
-    try:
-        held = bottlenecks.ensure(h_paths, extractor, store, d.bottleneck_batch_size,
-                                  progress=False)
-    finally:
-        store.close()
+    held = ensure_in(heldout_cache_dir, extractor, h_paths)
     h_y = np.array(h_y)[held.ok]
     return {
         "accuracy": float(model.score(x[test], y[test])),
@@ -522,13 +526,14 @@ def figure(value: Optional[float], target: float, at_least: bool, raw: dict,
            projected: Optional[float] = None) -> dict:
     """One row of the issue's table. `projected`: the value projected to the issue's sizes
     when this run was scaled down (quick mode) and the figure has fixed costs."""
-    ok = _meets(value, target, at_least) and all(bool(v) for v in (checks or {}).values())
+    checked = all(bool(v) for v in (checks or {}).values())
+    ok = _meets(value, target, at_least) and checked
     doc = {"value": _sig(value), "target": f"{'>=' if at_least else '<='} {target}",
            "meets_target": bool(ok)}
     if projected is not None:
         doc["projected_value"] = _sig(projected)
         doc["projected_meets_target"] = bool(
-            _meets(projected, target, at_least) and all(bool(v) for v in (checks or {}).values()))
+            _meets(projected, target, at_least) and checked)
     if checks:
         doc["extra_checks"] = checks
     if note:
@@ -543,8 +548,8 @@ def failed_figure(target: str, error: BaseException) -> dict:
 
 
 class Bench:
-    def __init__(self, work: str, sizes: Sizes, quick: bool, seed: int = 0):
-        self.work, self.sizes, self.quick, self.seed = work, sizes, quick, seed
+    def __init__(self, work: str, sizes: Sizes, seed: int = 0):
+        self.work, self.sizes, self.seed = work, sizes, seed
         self.runner = Runner(work)
         self.raw: dict = {}
         self.errors: dict = {}
@@ -610,36 +615,25 @@ class Bench:
         self.extractor = modules.load(self.module)
         self.tiny = modules.load(self.tiny_module)
         self.feature_dim = self.extractor.dim
-        sample = decoded_sample(self.main_paths, self.extractor.image_size)
-        tiny_sample = decoded_sample(self.tiny_paths, self.tiny.image_size)
-
-        self.raw["raw_forward_cpu_ms_per_image"] = cpu = {}
-        # A raw round before the first cold run and after each: load changes hit both alike.
-        rounds = [raw_forward(self.extractor, sample, 2.0, cpu)]
-        log(f"raw forward round 1: {fmt_rates(rounds[0])}")
-        cold = []
-        for r in range(s.repeats):
-            cold.append(cold_extraction(self.main_paths, self.extractor,
-                                        self.path("inproc", f"cold-{r}"), batch))
-            log(f"cold extraction {r + 1}/{s.repeats}: {cold[-1]['images_per_s']:.1f} img/s")
-            rounds.append(raw_forward(self.extractor, sample, 2.0, cpu))
-            log(f"raw forward round {r + 2}: {fmt_rates(rounds[-1])}")
-        self.raw["raw_forward_rounds"] = rounds
-        self.raw["cold_extraction"] = cold
-        self.raw["decode_only"] = decode_only(self.main_paths, self.extractor.image_size, batch)
+        for prefix, extractor, paths, seconds in (("", self.extractor, self.main_paths, 2.0),
+                                                  ("tiny_", self.tiny, self.tiny_paths, 1.0)):
+            sample = decoded_sample(paths, extractor.image_size)
+            self.raw[f"{prefix}raw_forward_cpu_ms_per_image"] = cpu = {}
+            # A raw round before the first cold run and after each: load changes hit both alike.
+            rounds = [raw_forward(extractor, sample, seconds, cpu)]
+            log(f"{prefix}raw forward round 1: {fmt_rates(rounds[0])}")
+            cold = []
+            for r in range(s.repeats):
+                cold.append(cold_extraction(paths, extractor,
+                                            self.path("inproc", f"{prefix}cold-{r}"), batch))
+                log(f"{prefix}cold extraction {r + 1}/{s.repeats}: "
+                    f"{cold[-1]['images_per_s']:.1f} img/s")
+                rounds.append(raw_forward(extractor, sample, seconds, cpu))
+                log(f"{prefix}raw forward round {r + 2}: {fmt_rates(rounds[-1])}")
+            self.raw[f"{prefix}raw_forward_rounds"] = rounds
+            self.raw[f"{prefix}cold_extraction"] = cold
+            self.raw[f"{prefix}decode_only"] = decode_only(paths, extractor.image_size, batch)
         self.raw["hash_only"] = hash_only(self.main_paths)
-
-        self.raw["tiny_raw_forward_cpu_ms_per_image"] = tiny_cpu = {}
-        tiny_rounds = [raw_forward(self.tiny, tiny_sample, 1.0, tiny_cpu)]
-        tiny_cold = []
-        for r in range(s.repeats):
-            tiny_cold.append(cold_extraction(self.tiny_paths, self.tiny,
-                                             self.path("inproc", f"tiny-{r}"), batch))
-            tiny_rounds.append(raw_forward(self.tiny, tiny_sample, 1.0, tiny_cpu))
-        self.raw["tiny_raw_forward_rounds"] = tiny_rounds
-        self.raw["tiny_cold_extraction"] = tiny_cold
-        self.raw["tiny_decode_only"] = decode_only(self.tiny_paths, self.tiny.image_size, batch)
-        self.raw["tiny_hash_only"] = hash_only(self.tiny_paths)
 
     # ---- subprocesses
 
@@ -691,7 +685,7 @@ class Bench:
                 f"{folders[-1]['images'] / folders[-1]['inference_seconds']:.1f} img/s")
         self.raw.update(floor=floors, warm_retrain=warms, bare_one_image=bares,
                         label_one_image=singles, label_folder=folders)
-        self.raw["cache_main"] = dir_stats(os.path.join(self.run_dir, "trxsfr_cache"))
+        self.raw["cache_main"] = dir_stats(os.path.join(self.run_dir, _cache_root()))
 
     def memory(self) -> None:
         s = self.sizes
@@ -700,7 +694,7 @@ class Bench:
             for n in (s.rss_small, s.rss_large):
                 cwd = self.path("runs", f"rss-{n}-{r}")
                 info = self.retrain(self.rss_dirs[n], cwd)
-                info["cache"] = dir_stats(os.path.join(cwd, "trxsfr_cache"))
+                info["cache"] = dir_stats(os.path.join(cwd, _cache_root()))
                 runs.setdefault(n, []).append(info)
                 log(f"cold retrain on {n} images ({r + 1}/{s.rss_repeats}): peak RSS "
                     f"{info['max_rss_bytes'] / 2**20:.1f} MiB")
@@ -708,7 +702,6 @@ class Bench:
 
     def warm_phases(self) -> None:
         """Warm bottleneck phase on retrain's own cache, and warm library runs for phase times."""
-        from trxsfr import bottlenecks
         from trxsfr.config import RetrainConfig
         from trxsfr.pipeline import retrain
 
@@ -716,12 +709,7 @@ class Bench:
         warm = []
         for _ in range(self.sizes.repeats):
             start = time.perf_counter()
-            store = bottlenecks.store_for(cache, self.extractor)
-            try:
-                res = bottlenecks.ensure(self.main_paths, self.extractor, store,
-                                         RetrainConfig.bottleneck_batch_size, progress=False)
-            finally:
-                store.close()
+            res = ensure_in(cache, self.extractor, self.main_paths)
             warm.append({"seconds": time.perf_counter() - start, "ensure_seconds": res.seconds,
                          "reused": res.reused, "computed": res.computed})
         self.raw["warm_bottleneck_phase"] = warm
@@ -996,7 +984,9 @@ def _cpu_view(b: Bench, prefix: str) -> dict:
     decode = b.raw[f"{prefix}decode_only"]
     cold = b.raw[f"{prefix}cold_extraction"]
     extraction = median([c["cpu_ms_per_image"] for c in cold])
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from trxsfr.imaging import usable_cores
+
+    cores = usable_cores()
     return {
         "raw_forward_images_per_s": limit, "cores": cores, "best_batch_size": batch,
         "forward_cpu_ms_per_image": forward,
@@ -1067,7 +1057,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     load_start = os.getloadavg()
     log(f"work dir {work}; sizes {dataclasses.asdict(sizes)}")
-    bench = Bench(work, sizes, args.quick, args.seed)
+    bench = Bench(work, sizes, args.seed)
     try:
         # Data first: the picture workers fork before TensorFlow is imported.
         bench.step("build data and extractors", bench.build)

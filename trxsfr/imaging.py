@@ -133,7 +133,7 @@ def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int,
     # The functions use tf.cond/switch_case themselves: AutoGraph's conversion would only
     # add 10-40 ms of tracing to every pipeline built.
     load = tf.autograph.experimental.do_not_convert(load)
-    ds = ds.map(load, num_parallel_calls=_cores(), deterministic=True)
+    ds = ds.map(load, num_parallel_calls=usable_cores(), deterministic=True)
     ds = ds.ignore_errors().batch(batch_size).prefetch(2)
     # No autotuning: its model thread can hold up the iterator's deletion by up to 2 s
     # at the end of every pass (measured on 2 cores), and a fixed width does as well here.
@@ -142,7 +142,8 @@ def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int,
     return ds.with_options(options)
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
