@@ -171,7 +171,9 @@ def retrain(config: RetrainConfig) -> RetrainResult:
                                     config.bottleneck_batch_size, progress=config.progress)
         augmented = None
         if distortion.active:
-            train_items = [it for it in ordered if it.split == Split.TRAIN]
+            unreadable = {f.path for f in cached.failed}  # not decoded (and reported) again
+            train_items = [it for it in ordered if it.split == Split.TRAIN
+                           and image_set.abs_path(it) not in unreadable]
             augmented = bottlenecks.ensure(
                 [image_set.abs_path(it) for it in train_items], extractor, store,
                 config.bottleneck_batch_size, config.progress,
