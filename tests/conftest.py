@@ -55,10 +55,28 @@ def assert_bad_input(result, *needles) -> str:
     return errors[0]
 
 
+def subprocess_env() -> dict:
+    """This environment with the checkout first on PYTHONPATH."""
+    return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
 def run_subprocess(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([str(a) for a in args], cwd=cwd, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def dests(tmp_path, models="models") -> list:
+    """--bottleneck_dir, --saved_model_dir (tmp_path/models), --summaries_dir, all inside tmp_path."""
+    return ["--bottleneck_dir", tmp_path / "cache", "--saved_model_dir", tmp_path / models,
+            "--summaries_dir", tmp_path / "runs"]
+
+
+def exported_variables(version_dir):
+    """(weights, bias) of an exported model's new layer, as NumPy arrays."""
+    import tensorflow as tf
+
+    m = tf.saved_model.load(version_dir)
+    return m.weights.numpy(), m.bias.numpy()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import FAST_TRAIN, assert_bad_input, run_cli
+from conftest import FAST_TRAIN, assert_bad_input, dests, run_cli
 
 CLASSES = ("blue", "green", "red")
 
@@ -33,12 +33,6 @@ def make_set(fx, root, classes=CLASSES, per_class: int = 8) -> str:
         for src in fixture_jpegs(fx, label)[:per_class]:
             shutil.copy(src, os.path.join(root, label, os.path.basename(src)))
     return str(root)
-
-
-def dests(tmp_path) -> list:
-    """--bottleneck_dir, --saved_model_dir, --summaries_dir, all inside tmp_path."""
-    return ["--bottleneck_dir", tmp_path / "cache", "--saved_model_dir", tmp_path / "models",
-            "--summaries_dir", tmp_path / "runs"]
 
 
 def retrain(fx, tmp_path, image_dir, *extra, module=True):

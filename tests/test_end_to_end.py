@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import FAST_TRAIN, REPO, run_cli, run_subprocess
+from conftest import FAST_TRAIN, REPO, exported_variables, run_cli, run_subprocess
 from trxsfr.fixtures import write_image_set
 
 
@@ -17,11 +17,6 @@ def read_json(path):
         return json.load(f)
 
 
-def exported_variables(version_dir):
-    import tensorflow as tf
-
-    m = tf.saved_model.load(version_dir)
-    return m.weights.numpy(), m.bias.numpy()
 
 
 def test_export_layout_and_metadata(trained):

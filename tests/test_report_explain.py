@@ -21,7 +21,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from conftest import FAST_TRAIN, assert_bad_input, run_cli
+from conftest import FAST_TRAIN, assert_bad_input, dests, run_cli
 from trxsfr import cli, explain, report
 from trxsfr.fixtures import write_image_set
 
@@ -406,9 +406,8 @@ def square_images(root, per_class: int, seed: int, side: int = 64, square: int =
 def square_model(fx, tmp_path_factory):
     work = tmp_path_factory.mktemp("square")
     images = square_images(work / "images", 40, seed=1)
-    r = run_cli("retrain", "--image_dir", images, "--tfhub_module", fx["module"],
-                "--bottleneck_dir", work / "cache", "--saved_model_dir", work / "models",
-                "--summaries_dir", work / "runs", *FAST_TRAIN)
+    r = run_cli("retrain", "--image_dir", images, "--tfhub_module", fx["module"], *dests(work),
+                *FAST_TRAIN)
     assert r.code == 0, r
     assert "Final test accuracy = 100.0%" in r.out, r
     return {"model": r.lines[-1], "heldout": square_images(work / "heldout", 5, seed=2)}

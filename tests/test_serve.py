@@ -21,7 +21,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import run_cli, subprocess_env
 
 MODEL = "flowers"
 
@@ -30,11 +30,10 @@ class ServerProcess:
     """`python -m trxsfr serve ... --port 0`; its URL is read from the one line it prints on stdout."""
 
     def __init__(self, *args, timeout=120):
-        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trxsfr", "serve", "--host", "127.0.0.1", "--port", "0",
              *[str(a) for a in args]],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
         self.err_lines, self.url = [], None
         ready = threading.Event()
 

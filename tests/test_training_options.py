@@ -6,25 +6,13 @@ import os
 import numpy as np
 import pytest
 
-from conftest import FAST_TRAIN, run_cli
+from conftest import FAST_TRAIN, dests, exported_variables, run_cli
 from trxsfr.fixtures import write_image_set
-
-
-def dests(tmp_path, models="m"):
-    return ["--bottleneck_dir", tmp_path / "cache", "--saved_model_dir", tmp_path / models,
-            "--summaries_dir", tmp_path / "runs"]
 
 
 def metadata(version_dir):
     with open(os.path.join(version_dir, "assets", "trxsfr.json")) as f:
         return json.load(f)
-
-
-def variables(version_dir):
-    import tensorflow as tf
-
-    m = tf.saved_model.load(version_dir)
-    return m.weights.numpy(), m.bias.numpy()
 
 
 def test_balanced_class_weight_raises_minority_recall(fx, tmp_path):
@@ -62,7 +50,7 @@ def test_sweep_picks_lowest_validation_loss_and_equals_plain_run(fx, tmp_path):
                     *dests(tmp_path, "plain"), "--learning_rate", best["learning_rate"],
                     "--l2", best["l2"], "--train_batch_size", 16, *FAST_TRAIN)
     assert plain.code == 0, plain
-    for a, b in zip(variables(r.lines[-1]), variables(plain.lines[-1])):
+    for a, b in zip(exported_variables(r.lines[-1]), exported_variables(plain.lines[-1])):
         np.testing.assert_array_equal(a, b)
 
 
