@@ -115,7 +115,12 @@ class Classifier:
 
         made_with = self.metadata.get("preprocessing")
         usable = SIGNATURE_BYTES in getattr(getattr(self, "_model", None), "signatures", {})
-        if made_with == imaging.PREPROCESSING_VERSION or not usable:
+        if made_with == imaging.PREPROCESSING_VERSION:
+            return False
+        if not usable:  # e.g. a .tflite converted from such a model: it takes decoded images
+            log.warning("%s was exported with preprocessing %s, this trxsfr has %s and the model "
+                        "cannot decode by itself: scores may differ slightly from training",
+                        self.path, made_with or "before v2", imaging.PREPROCESSING_VERSION)
             return False
         log.warning("%s was exported with preprocessing %s, this trxsfr has %s: decoding "
                     "with the model's own signature (slower) so scores stay as trained",
