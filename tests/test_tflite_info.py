@@ -156,3 +156,24 @@ def test_tflite_runs_without_tensorflow(tflite_models):
     p = run_subprocess(sys.executable, "-c", script, tflite_models["dynamic"])
     assert p.returncode == 0, p.stderr[-2000:]
     assert "ai_edge_litert" in p.stdout
+
+
+def test_tflite_from_older_preprocessing_warns_that_scores_may_differ(tflite_models, fx, tmp_path):
+    import json
+    import shutil
+
+    from trxsfr.tflite import sidecar_paths
+
+    src = tflite_models["none"]
+    dst = str(tmp_path / "old.tflite")
+    for a, b in zip((src, *sidecar_paths(src)), (dst, *sidecar_paths(dst))):
+        shutil.copyfile(a, b)
+    meta_path = sidecar_paths(dst)[1]
+    with open(meta_path) as f:
+        meta = json.load(f)
+    meta["preprocessing"] = "decode_image-bilinear-antialias-v1"
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    r = run_cli("label", "--model", dst, os.path.join(fx["heldout"], "red"))
+    assert r.code == 0, r
+    assert "cannot decode by itself: scores may differ slightly" in r.err, r
