@@ -230,6 +230,38 @@ def test_pipeline_threads_run_at_low_priority_and_compute_threads_do_not(fx):
     assert nice_of(threading.get_native_id()) == 0  # the consumer (forward pass) keeps its own
 
 
+def test_map_batches_overlaps_forward_passes_in_order_at_normal_priority(fx):
+    from trxsfr import imaging
+
+    paths = sorted(os.path.join(r, n) for r, _, ns in os.walk(fx["images"]) for n in ns)[:40]
+    both_running = threading.Barrier(2, timeout=20)  # passes only if two calls overlap
+    calls = []
+
+    def forward(images):
+        calls.append(os.getpriority(os.PRIO_PROCESS, 0) if sys.platform.startswith("linux") else 0)
+        if len(calls) <= 2:
+            both_running.wait()
+        return images.numpy().mean(axis=(1, 2, 3))
+
+    ds = imaging.image_dataset(paths, (32, 32), 8)
+    out = list(imaging.map_batches(ds, forward, streams=2))
+    assert [list(pos) for pos, _ in out] == [list(range(i, i + 8)) for i in range(0, 40, 8)]
+    expected = [float(imaging.decode_and_resize(open(p, "rb").read(), (32, 32)).numpy().mean())
+                for p in paths]
+    np.testing.assert_allclose(np.concatenate([v for _, v in out]), expected, rtol=1e-5)
+    assert calls == [0] * 5  # forward threads are not demoted with the decode threads
+
+    alone = threading.Barrier(2, timeout=0.5)
+    with pytest.raises(threading.BrokenBarrierError):  # one stream: no second call to meet
+        list(imaging.map_batches(ds, lambda images: alone.wait(), streams=1))
+
+    def fails(images):
+        raise ValueError("forward failed")
+
+    with pytest.raises(ValueError, match="forward failed"):
+        list(imaging.map_batches(ds, fails, streams=2))
+
+
 def test_damaged_record_is_computed_again_also_when_shared_by_identical_files(fx, tmp_path):
     import shutil
 

@@ -356,9 +356,7 @@ def ensure(
                                    batch_size, distortion, seeds)
         returned = np.zeros(len(missing), bool)
         with imaging.progress_bar(len(missing), "bottlenecks", progress) as bar:
-            for pos, images in imaging.batches(ds):
-                vectors = extractor(images).numpy()
-                pos = pos.numpy()
+            for pos, vectors in imaging.map_batches(ds, lambda x: extractor(x).numpy()):
                 returned[pos] = True
                 store.put_many([jobs[missing[p]][1] for p in pos], vectors)
                 computed += len(pos)

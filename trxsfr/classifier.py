@@ -75,6 +75,9 @@ class Predictions:
 class Classifier:
     """An exported model: labels, metadata and batched prediction."""
 
+    # Batches `predict_paths` runs through the model at once (None: imaging's default).
+    forward_streams: Optional[int] = None
+
     def __init__(self, path: str):
         import tensorflow as tf
 
@@ -198,9 +201,9 @@ class Classifier:
         elif paths:
             ds = imaging.image_dataset(paths, self.image_size, batch_size)
             with imaging.progress_bar(len(paths), "label", progress) as bar:
-                for pos, images in imaging.batches(ds):
-                    pos = pos.numpy()
-                    probs[pos] = self.predict_images(images)
+                for pos, batch_probs in imaging.map_batches(ds, self.predict_images,
+                                                               self.forward_streams):
+                    probs[pos] = batch_probs
                     returned[pos] = True
                     bar.update(len(pos))
         seconds = time.perf_counter() - start

@@ -203,6 +203,8 @@ class TFLiteClassifier(Classifier):
     pipeline as for a SavedModel, so the two are compared on identical pixels.
     """
 
+    forward_streams = 1  # one interpreter, which is not thread-safe
+
     def __init__(self, path: str, num_threads: Optional[int] = None):
         if not os.path.exists(path):
             raise ModelError(f"model {path} does not exist")
