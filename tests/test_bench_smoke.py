@@ -76,3 +76,34 @@ def test_serving_benchmark_measures_every_figure(trained, fx):
     for needle in ("Concurrency 1 / raw batch 1", "Concurrency 32 / raw batch 32",
                    "CPU at concurrency 32"):
         assert needle in text, text
+
+
+def test_raw_forward_runs_the_streams_it_is_asked_for(fx):
+    """`bench.raw_forward` with several streams: calls overlap, and rates and CPU per image
+    come back for every batch size."""
+    import threading
+    import time
+
+    from trxsfr import bench, modules
+
+    extractor = modules.load(fx["module"])
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def forward(x):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)  # long enough for the other stream's call to start meanwhile
+        with lock:
+            running[0] -= 1
+        return extractor(x)
+
+    images = np.random.default_rng(0).random((4, 32, 32, 3), np.float32)
+    cpu = {}
+    rates = bench.raw_forward(forward, images, 0.1, cpu, streams=2, batch_sizes=(4, 8))
+    assert sorted(rates) == [4, 8] and all(v > 0 for v in rates.values())
+    assert sorted(cpu) == [4, 8] and all(v > 0 for v in cpu.values())
+    assert most[0] == 2
+    most[0] = 0
+    bench.raw_forward(forward, images, 0.1, streams=1, batch_sizes=(4,))
+    assert most[0] == 1

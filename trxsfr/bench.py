@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -349,26 +350,38 @@ def parse_retrain(proc: Proc) -> dict:
 # ------------------------------------------------------------------ in-process measurements
 
 def raw_forward(extractor, images: np.ndarray, min_seconds: float,
-                cpu: Optional[dict] = None) -> dict:
+                cpu: Optional[dict] = None, streams: int = 1,
+                batch_sizes: Sequence[int] = BATCH_SIZES) -> dict:
     """images/s of `extractor` on ready float32 tensors, per batch size (warmed up first).
 
-    `cpu`, if given, receives this process's CPU milliseconds per image per batch size.
+    `streams` threads call it at once (the pipelines run FORWARD_STREAMS); the issue's
+    raw forward limit is one stream. `cpu`, if given, receives this process's CPU
+    milliseconds per image per batch size.
     """
     import tensorflow as tf
 
     rates = {}
-    for batch in BATCH_SIZES:
+    for batch in batch_sizes:
         reps = -(-batch // len(images))
         x = tf.constant(np.concatenate([images] * reps)[:batch])
         for _ in range(2):
             extractor(x).numpy()
-        count, start, cpu_start = 0, time.perf_counter(), time.process_time()
-        while True:
-            extractor(x).numpy()
-            count += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds and count >= 3:
-                break
+        start, cpu_start = time.perf_counter(), time.process_time()
+
+        def calls() -> int:
+            count = 0
+            while True:
+                extractor(x).numpy()
+                count += 1
+                if time.perf_counter() - start >= min_seconds and count >= 3:
+                    return count
+
+        if streams == 1:
+            count = calls()
+        else:
+            with concurrent.futures.ThreadPoolExecutor(streams) as pool:
+                count = sum(pool.map(lambda _: calls(), range(streams)))
+        elapsed = time.perf_counter() - start
         rates[batch] = count * batch / elapsed
         if cpu is not None:
             ms = 1000 * (time.process_time() - cpu_start) / (count * batch)
@@ -612,7 +625,7 @@ class Bench:
     # ---- in-process
 
     def in_process(self) -> None:
-        from trxsfr import modules
+        from trxsfr import imaging, modules
         from trxsfr.config import RetrainConfig
 
         batch = RetrainConfig.bottleneck_batch_size
@@ -636,6 +649,11 @@ class Bench:
                 rounds.append(raw_forward(extractor, sample, seconds, cpu))
                 log(f"{prefix}raw forward round {r + 2}: {fmt_rates(rounds[-1])}")
             self.raw[f"{prefix}raw_forward_rounds"] = rounds
+            # What the pipelines run: FORWARD_STREAMS calls at once (not the issue's limit).
+            self.raw[f"{prefix}raw_forward_streams_cpu_ms_per_image"] = cpu = {}
+            self.raw[f"{prefix}raw_forward_streams_rounds"] = [
+                raw_forward(extractor, sample, seconds, cpu, streams=imaging.FORWARD_STREAMS,
+                            batch_sizes=(16, 32, 64)) for _ in range(2)]
             self.raw[f"{prefix}cold_extraction"] = cold
             self.raw[f"{prefix}decode_only"] = decode_only(paths, extractor.image_size, batch)
         self.raw["hash_only"] = hash_only(self.main_paths)
@@ -985,7 +1003,7 @@ def _cpu_view(b: Bench, prefix: str) -> dict:
     On a shared machine wall-clock rates swing with other load; CPU time per
     image does much less, and says what the cores must do per image.
     """
-    from trxsfr.imaging import usable_cores
+    from trxsfr.imaging import FORWARD_STREAMS, usable_cores
 
     limit, batch = best_raw(b.raw[f"{prefix}raw_forward_rounds"])
     forward = b.raw[f"{prefix}raw_forward_cpu_ms_per_image"][batch]
@@ -993,6 +1011,9 @@ def _cpu_view(b: Bench, prefix: str) -> dict:
     cold = b.raw[f"{prefix}cold_extraction"]
     extraction = median([c["cpu_ms_per_image"] for c in cold])
     cores = usable_cores()
+    streams, streams_batch = best_raw(b.raw[f"{prefix}raw_forward_streams_rounds"])
+    # The cheaper of one stream and several: a pipeline may run either.
+    forward_least = min(forward, b.raw[f"{prefix}raw_forward_streams_cpu_ms_per_image"][streams_batch])
     return {
         "raw_forward_images_per_s": limit, "cores": cores, "best_batch_size": batch,
         "forward_cpu_ms_per_image": forward,
@@ -1002,13 +1023,20 @@ def _cpu_view(b: Bench, prefix: str) -> dict:
         "cold_extraction_cpu_ms_per_image": extraction,
         "cpu_efficiency": forward / extraction,
         "cores_used_by_raw_forward": limit * forward / 1000,
-        "ratio_bound": cores / (forward + decode["cpu_ms_per_image"]) * 1000 / limit,
+        "ratio_bound": cores / (forward_least + decode["cpu_ms_per_image"]) * 1000 / limit,
+        "raw_forward_streams": {
+            "streams": FORWARD_STREAMS, "images_per_s": streams, "best_batch_size": streams_batch,
+            "cpu_ms_per_image": b.raw[f"{prefix}raw_forward_streams_cpu_ms_per_image"],
+            "rounds": b.raw[f"{prefix}raw_forward_streams_rounds"],
+            "cold_extraction_ratio": median([c["images_per_s"] for c in cold]) / streams},
         "note": "cpu_efficiency = forward CPU ÷ cold-extraction CPU per image: the ratio the "
                 "pipeline reaches when the CPUs are the limit. cores_used_by_raw_forward < cores "
                 "means the forward pass alone left CPU idle that decoding could use (or that "
                 "other load took it). ratio_bound: the extraction ÷ raw ratio if the cores ran "
-                "only the forward pass and the decode pipeline, both at their own CPU cost per "
-                "image, with no idle time; no pipeline of this decoder can beat it",
+                "only the forward pass (one stream or several, the cheaper) and the decode "
+                "pipeline, both at their own CPU cost per image, with no idle time; no pipeline of this decoder can beat it. "
+                "raw_forward_streams: the raw rate with as many calls at once as the "
+                "pipelines run, and the cold extraction rate against it",
     }
 
 
