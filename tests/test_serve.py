@@ -382,6 +382,48 @@ def test_batcher_joins_concurrent_requests_and_routes_results():
     assert max(sizes) <= 4 and len(sizes) <= 6, sizes
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batcher_runs_up_to_num_batch_threads_batches_at_once(threads):
+    """Unit: while one batch runs, the next forms and starts on a free worker, never more
+    than `num_batch_threads` at once; every request still gets its own answer."""
+    import asyncio
+    import threading
+    import types
+
+    from trxsfr.serve import Batcher, LoadedVersion
+
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def predict_images(images):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return images[:, 0, 0, :1]
+
+    lv = LoadedVersion(1, types.SimpleNamespace(predict_images=predict_images), None, {})
+
+    async def client(batcher, i):
+        outs = []
+        for j in range(4):  # a client sends its next request once answered
+            x = np.full((1, 2, 2, 3), float(10 * i + j), np.float32)
+            outs.append(float((await batcher.predict(lv, x))[0, 0]) == 10 * i + j)
+        return outs
+
+    async def main():
+        batcher = Batcher(max_batch_size=4, batch_timeout=0.01, num_batch_threads=threads)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(client(batcher, i) for i in range(8)))
+        finally:
+            await batcher.stop()
+
+    assert all(all(outs) for outs in asyncio.run(main()))
+    assert most[0] == threads
+
+
 @pytest.mark.parametrize("made_with", ["this preprocessing", "older preprocessing"])
 def test_a_broken_image_fails_its_own_request_not_its_batch(trained, fx, tmp_path, made_with):
     """Requests decoded together: one whose JPEG header is fine but whose data is cut off gets its
@@ -449,8 +491,9 @@ def test_serve_refuses_what_cannot_work(trained, tmp_path):
     assert "not serving version 3" in r.err
     r = run_cli("serve", "--model_base_path", trained["base"], "--version_label", "stable")
     assert r.code == 2 and "LABEL=VERSION" in r.err, r
-    r = run_cli("serve", "--model_base_path", trained["base"], "--max_batch_size", "0")
-    assert r.code == 2 and "--max_batch_size must be positive" in r.err, r
+    for flag in ("--max_batch_size", "--num_batch_threads"):
+        r = run_cli("serve", "--model_base_path", trained["base"], flag, "0")
+        assert r.code == 2 and f"{flag} must be positive" in r.err, r
     for flag in ("--parse_threads", "--decode_threads"):  # the older name still works
         r = run_cli("serve", "--model_base_path", trained["base"], flag, "0")
         assert r.code == 2 and "--parse_threads must be positive" in r.err, r

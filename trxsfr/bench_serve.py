@@ -1,7 +1,7 @@
 """Benchmark of `serve` and of TFLite quantization on a MobileNet-V2-sized classifier.
 
     python -m trxsfr.bench_serve [--quick] [--work DIR]       # serving vs raw forward
-        [--max_batch_size N] [--batch_timeout_micros N]       # the server's batching
+        [--max_batch_size N] [--batch_timeout_micros N] [--num_batch_threads N]  # the server's batching
     python -m trxsfr.bench_serve --tflite-table [--work DIR]  # quantization table
 
 Both build the same setup offline: a MobileNet-V2 (alpha 1.0, 224x224)
@@ -390,9 +390,12 @@ def main(argv: Optional[list] = None) -> int:
                    help="The server's --max_batch_size (unset: serve's default).")
     p.add_argument("--batch_timeout_micros", type=int, default=None,
                    help="The server's --batch_timeout_micros (unset: serve's default).")
+    p.add_argument("--num_batch_threads", type=int, default=None,
+                   help="The server's --num_batch_threads (unset: serve's default).")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    server_flags = tuple(str(x) for name in ("max_batch_size", "batch_timeout_micros")
+    server_flags = tuple(str(x) for name in ("max_batch_size", "batch_timeout_micros",
+                                             "num_batch_threads")
                          if getattr(args, name) is not None
                          for x in (f"--{name}", getattr(args, name)))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="bench: %(message)s")

@@ -62,10 +62,13 @@ def add_serve_parser(sub) -> None:
     g.add_argument("--batch_timeout_micros", type=int, default=d.batch_timeout_micros,
                    help="Longest time the first request of a batch waits for others to join it; "
                         "a lone client never waits.")
+    g.add_argument("--num_batch_threads", type=int, default=d.num_batch_threads,
+                   help="Batches decoded and run through the model at once (TF Serving's batching "
+                        "parameter of that name); 2 keeps 2 cores busier than 1.")
     g.add_argument("--parse_threads", "--decode_threads", dest="parse_threads", type=int,
                    default=d.parse_threads,
                    help="Threads that parse requests and check image headers beside the model's "
-                        "thread, which decodes each batch (--decode_threads: the older name).")
+                        "threads, which decode each batch (--decode_threads: the older name).")
     g = p.add_argument_group("Limits")
     g.add_argument("--max_body_bytes", type=int, default=d.max_body_bytes,
                    help="Largest request body accepted; larger ones get a 400.")
@@ -99,7 +102,8 @@ def run_serve(args) -> int:
         batch_timeout_micros=args.batch_timeout_micros, max_body_bytes=args.max_body_bytes,
         max_images_per_request=args.max_images_per_request,
         max_image_pixels=args.max_image_pixels, poll_seconds=args.file_system_poll_wait_seconds,
-        parse_threads=args.parse_threads, version_labels=_version_labels(args.version_label),
+        parse_threads=args.parse_threads, num_batch_threads=args.num_batch_threads,
+        version_labels=_version_labels(args.version_label),
         access_log=not args.quiet,
     )
     def ready(url: str, version: int) -> None:

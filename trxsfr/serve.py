@@ -78,6 +78,7 @@ class ServeConfig:
     max_image_pixels: int = 40_000_000
     poll_seconds: float = 1.0
     parse_threads: int = 2
+    num_batch_threads: int = 2
     version_labels: tuple = ()  # ((label, version), ...)
     access_log: bool = True
 
@@ -375,26 +376,32 @@ class _Item:
 
 
 class Batcher:
-    """Joins the images of concurrent requests into one decode and forward pass on one TF worker thread.
+    """Joins the images of concurrent requests into one decode and forward pass, on up to
+    `num_batch_threads` TF worker threads at once.
 
-    While the worker is busy, requests queue. When it is free, the batch starts
+    While every worker is busy, requests queue. When one is free, the batch starts
     with the oldest request and takes every queued request of the same model
     version, up to `max_batch_size` images. Before that it waits -- at most
-    `batch_timeout` after the oldest request arrived or the worker became free,
+    `batch_timeout` after the oldest request arrived or a worker became free,
     whichever is later -- while fewer images are queued than the previous batch
     had, or while requests already received are still being parsed (they are
     sure to join within a parse time). So a lone client never waits (its
     previous batch had one image and nothing else is arriving), and under load
-    batches fill up, as TF Serving's batching does.
+    batches fill up, as TF Serving's batching does. Two workers keep 2 cores
+    busier than one: one batch decodes or starts while the other's forward pass
+    leaves a core idle between and inside its ops.
     """
 
-    def __init__(self, max_batch_size: int, batch_timeout: float):
+    def __init__(self, max_batch_size: int, batch_timeout: float, num_batch_threads: int = 2):
         self.max_batch_size = max_batch_size
         self.batch_timeout = batch_timeout
+        self.num_batch_threads = num_batch_threads
         self._queue: collections.deque[_Item] = collections.deque()
         self._wakeup: Optional[asyncio.Event] = None
+        self._free: Optional[asyncio.Semaphore] = None  # workers not running a batch
         self._task: Optional[asyncio.Task] = None
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="trxsfr-tf")
+        self._running: set[asyncio.Task] = set()
+        self._worker = ThreadPoolExecutor(num_batch_threads, thread_name_prefix="trxsfr-tf")
         self._last_batch = 1
         self._free_since = 0.0
         self.arriving = 0  # requests received and being decoded; see `arrival`
@@ -403,6 +410,7 @@ class Batcher:
 
     def start(self) -> None:
         self._wakeup = asyncio.Event()
+        self._free = asyncio.Semaphore(self.num_batch_threads)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -412,6 +420,8 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
         self._worker.shutdown(wait=True)
 
     async def predict(self, lv: LoadedVersion, images) -> np.ndarray:
@@ -439,61 +449,71 @@ class Batcher:
         return sum(len(item.images) for item in self._queue if item.joins(first))
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            while not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            first = self._queue[0]
-            want = min(self.max_batch_size, self._last_batch)
-            deadline = max(first.enqueued, self._free_since) + self.batch_timeout
-            while True:
-                queued = self._queued_images(first)
-                if queued >= self.max_batch_size or (queued >= want and not self.arriving):
-                    break
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), left)
-                except asyncio.TimeoutError:
-                    break
-            batch, count, rest = [], 0, collections.deque()
-            while self._queue:
-                item = self._queue.popleft()
-                fits = not batch or count + len(item.images) <= self.max_batch_size
-                if item.joins(first) and fits:
-                    batch.append(item)
-                    count += len(item.images)
-                else:
-                    rest.append(item)
-            self._queue.extendleft(reversed(rest))
-            batch = [item for item in batch if not item.future.cancelled()]
-            if not batch:
-                continue
-            count = sum(len(item.images) for item in batch)
+            await self._free.acquire()
+            batch = await self._next_batch()
+            if batch:
+                task = asyncio.get_running_loop().create_task(self._forward(batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+            else:
+                self._free.release()
+
+    async def _next_batch(self) -> list[_Item]:
+        """The next batch to run, once one is due (empty if its requests were cancelled)."""
+        while not self._queue:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        first = self._queue[0]
+        want = min(self.max_batch_size, self._last_batch)
+        deadline = max(first.enqueued, self._free_since) + self.batch_timeout
+        while True:
+            queued = self._queued_images(first)
+            if queued >= self.max_batch_size or (queued >= want and not self.arriving):
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._wakeup.clear()
             try:
-                results = await loop.run_in_executor(self._worker, first.lv.predict_batch,
-                                                     [item.images for item in batch])
-            except Exception as e:
-                self._free_since = time.monotonic()
-                log.exception("prediction failed for a batch of %d images", count)
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(e)
-                continue
-            self._free_since = time.monotonic()
+                await asyncio.wait_for(self._wakeup.wait(), left)
+            except asyncio.TimeoutError:
+                break
+        batch, count, rest = [], 0, collections.deque()
+        while self._queue:
+            item = self._queue.popleft()
+            fits = not batch or count + len(item.images) <= self.max_batch_size
+            if item.joins(first) and fits:
+                batch.append(item)
+                count += len(item.images)
+            else:
+                rest.append(item)
+        self._queue.extendleft(reversed(rest))
+        return [item for item in batch if not item.future.cancelled()]
+
+    async def _forward(self, batch: list[_Item]) -> None:
+        """Run one batch on a worker and answer its requests; frees the worker."""
+        count = sum(len(item.images) for item in batch)
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._worker, batch[0].lv.predict_batch, [item.images for item in batch])
+        except Exception as e:
+            log.exception("prediction failed for a batch of %d images", count)
+            results = [e] * len(batch)
+        else:
             self._last_batch = count
             self.batches += 1
             self.images += count
-            for item, result in zip(batch, results):
-                if item.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    item.future.set_exception(result)
-                else:
-                    item.future.set_result(result)
+        finally:
+            self._free_since = time.monotonic()
+            self._free.release()
+        for item, result in zip(batch, results):
+            if item.future.done():
+                continue
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
 
 
 # ---------------------------------------------------------------- request parsing
@@ -667,7 +687,8 @@ class Server:
     def __init__(self, config: ServeConfig, watcher: VersionWatcher):
         self.config = config
         self.watcher = watcher
-        self.batcher = Batcher(config.max_batch_size, config.batch_timeout_micros / 1e6)
+        self.batcher = Batcher(config.max_batch_size, config.batch_timeout_micros / 1e6,
+                               config.num_batch_threads)
         self._parse_pool = ThreadPoolExecutor(config.parse_threads, thread_name_prefix="trxsfr-parse")
         self.app = self._build_app()
 
@@ -903,7 +924,7 @@ def _bind(host: str, port: int) -> socket.socket:
 def check_config(config: ServeConfig) -> None:
     """Raises InputError for settings that cannot work."""
     positive = ("max_batch_size", "max_body_bytes", "max_images_per_request", "max_image_pixels",
-                "parse_threads")
+                "parse_threads", "num_batch_threads")
     for name in positive:
         if getattr(config, name) <= 0:
             raise InputError(f"--{name} must be positive, got {getattr(config, name)}")
