@@ -33,6 +33,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from trxsfr import imaging
+from trxsfr.config import FORWARD_BATCH_SIZE
 from trxsfr.dataset import Skipped
 from trxsfr.errors import InputError
 
@@ -315,7 +316,7 @@ def ensure(
     paths: Sequence[str],
     extractor,
     store: BottleneckStore,
-    batch_size: int = 32,
+    batch_size: int = FORWARD_BATCH_SIZE,
     progress: bool = True,
     on_batch: Optional[Callable[[int], None]] = None,
     distortion: Optional[imaging.Distortion] = None,

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from trxsfr.config import FORWARD_BATCH_SIZE
 from trxsfr.dataset import Skipped
 from trxsfr.errors import ModelError, first_line
 from trxsfr.export import LABELS_FILE, METADATA_FILE, SIGNATURE_BYTES, SIGNATURE_IMAGES
@@ -188,7 +189,7 @@ class Classifier:
                     except tf.errors.InvalidArgumentError:
                         pass
 
-    def predict_paths(self, paths: Sequence[str], batch_size: int = 32,
+    def predict_paths(self, paths: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE,
                       progress: bool = False) -> Predictions:
         """Probabilities for image files, decoded exactly as at training time."""
         from trxsfr import imaging

@@ -68,7 +68,7 @@ def add_retrain_parser(sub) -> None:
     g.add_argument("--bottleneck_dir", default=d.bottleneck_dir,
                    help="Cache of bottleneck vectors, shared safely between runs and modules.")
     g.add_argument("--bottleneck_batch_size", type=int, default=d.bottleneck_batch_size,
-                   help="Images per forward pass of the feature extractor.")
+                   help="Images per forward pass of the feature extractor (two run at once).")
     g = p.add_argument_group("Training")
     g.add_argument("--how_many_training_steps", type=int, default=d.how_many_training_steps,
                    help="Optimisation steps of the new layer.")
@@ -259,7 +259,8 @@ def add_label_parser(sub) -> None:
         g.add_argument(flag, default=None,
                        help="Accepted for label_image.py compatibility and ignored.")
     g = p.add_argument_group("Inference")
-    g.add_argument("--batch_size", type=int, default=d.batch_size, help="Images per forward pass.")
+    g.add_argument("--batch_size", type=int, default=d.batch_size,
+                   help="Images per forward pass (two run at once, one for a .tflite model).")
     g.add_argument("--top_k", type=int, default=d.top_k, help="Classes listed per image.")
     g = p.add_argument_group("Output")
     g.add_argument("--format", choices=("text", "json", "codelab"), default="text",

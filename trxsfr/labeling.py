@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from trxsfr import dataset
+from trxsfr.config import FORWARD_BATCH_SIZE
 from trxsfr.dataset import Skipped
 from trxsfr.errors import InputError
 from trxsfr.tables import table
@@ -169,7 +170,7 @@ _NO_EVALUATION_SET = ("needs an evaluation set: a folder whose sub-folders are n
                      "the model's labels")
 
 
-def run(model: str, inputs: Sequence[str], batch_size: int = 32, progress: bool = True,
+def run(model: str, inputs: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE, progress: bool = True,
         labels_file: Optional[str] = None,
         evaluation_required_by: Optional[str] = None) -> LabelReport:
     """Load `model`, predict every image under `inputs`, evaluate those with a known label.
