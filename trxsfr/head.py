@@ -168,9 +168,14 @@ def train(
 
     # Weights live in standardised space (w, b); raw features map through
     # w_raw = w * inv_std, b_raw = b - mean @ w_raw, so no standardised copy is made.
-    w = np.zeros((dim, num_classes), np.float32)
-    b = np.zeros(num_classes, np.float32)
-    slots = [np.zeros_like(w), np.zeros_like(b), np.zeros_like(w), np.zeros_like(b)]
+    # w and b are views of one array, and so are their gradients, so each optimiser
+    # operation runs once per step (for arrays this small, NumPy's per-call cost is most
+    # of a step).
+    params = np.zeros((dim + 1, num_classes), np.float32)
+    w, b = params[:dim], params[dim]
+    grad = np.zeros_like(params)
+    dw, db = grad[:dim], grad[dim]
+    m, v, scratch = np.zeros_like(params), np.zeros_like(params), np.zeros_like(params)
     drop_rng = np.random.default_rng([o.seed, 1])
 
     def raw_weights():
@@ -192,6 +197,7 @@ def train(
                 float(np.mean(z.argmax(axis=1) == y)))
 
     def step_once(t, idx):
+        nonlocal params, m, v, scratch, dw  # updated in place (augmented assignments)
         x = features[idx]
         if o.dropout > 0:  # the mask applies to standardised features: standardise the batch
             x -= mean
@@ -207,27 +213,32 @@ def train(
         if weighted:
             g *= per_class[labels[idx]][:, None]
         g /= np.float32(len(idx))
-        db = g.sum(axis=0)
-        if o.dropout > 0:
-            dw = x.T @ g
-        else:  # d/dw of ((x - mean) * inv_std) @ w
-            dw = (x.T @ g - np.outer(mean, db)) * inv_std[:, None]
+        g.sum(axis=0, out=db)
+        np.matmul(x.T, g, out=dw)
+        if o.dropout <= 0:  # d/dw of ((x - mean) * inv_std) @ w
+            dw -= np.outer(mean, db)
+            dw *= inv_std[:, None]
         if o.l2 > 0:
             dw += np.float32(2.0 * o.l2) * w
-        for var, grad, m, v in ((w, dw, slots[0], slots[2]), (b, db, slots[1], slots[3])):
-            if o.optimizer == "adam":
-                m *= 0.9
-                m += 0.1 * grad
-                v *= 0.999
-                v += 0.001 * grad * grad
-                lr_t = o.learning_rate * np.sqrt(1.0 - 0.999 ** t) / (1.0 - 0.9 ** t)
-                var -= np.float32(lr_t) * m / (np.sqrt(v) + np.float32(1e-7))
-            elif o.optimizer == "momentum":
-                m *= 0.9
-                m += grad
-                var -= np.float32(o.learning_rate) * m
-            else:
-                var -= np.float32(o.learning_rate) * grad
+        if o.optimizer == "adam":
+            m *= 0.9
+            m += 0.1 * grad
+            v *= 0.999
+            np.multiply(grad, 0.001, out=scratch)
+            scratch *= grad
+            v += scratch
+            lr_t = np.float32(o.learning_rate * np.sqrt(1.0 - 0.999 ** t) / (1.0 - 0.9 ** t))
+            np.multiply(m, lr_t, out=scratch)
+            denominator = np.sqrt(v)
+            denominator += np.float32(1e-7)
+            scratch /= denominator
+            params -= scratch
+        elif o.optimizer == "momentum":
+            m *= 0.9
+            m += grad
+            params -= np.float32(o.learning_rate) * m
+        else:
+            params -= np.float32(o.learning_rate) * grad
 
     def run(batches, t0):
         for i, idx in enumerate(batches):
