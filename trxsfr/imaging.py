@@ -211,7 +211,7 @@ def batches(ds: tf.data.Dataset):
         yield item
 
 
-# Forward passes `map_batches` runs at once (0 for A/B measurements: plain `batches`).
+# Forward passes `map_batches` runs at once (1 for A/B measurements: plain `batches`).
 FORWARD_STREAMS = 2
 
 
@@ -219,9 +219,10 @@ def map_batches(ds: tf.data.Dataset, fn, streams: Optional[int] = None):
     """Yield (positions as int64 [B], fn(images)) for each batch of an `image_dataset`.
 
     `fn` (a forward pass) runs on `streams` (default FORWARD_STREAMS) batches at
-    once, in threads of its own: one stream of calls left a fifth of 2 cores idle
-    between and inside ops, which two streams fill (measured with ready tensors).
-    Results come back in the dataset's order. `fn` must be thread-safe if streams > 1.
+    once, in threads of its own: one stream of calls left up to a fifth of 2 cores
+    idle between and inside ops, which two streams fill (measured with ready
+    tensors). Results come back in the dataset's order. `fn` must be thread-safe
+    if streams > 1.
     """
     streams = FORWARD_STREAMS if streams is None else streams
     if streams < 2:
