@@ -21,7 +21,11 @@ End-to-end times come from real subprocesses (`python -m trxsfr retrain`,
 `python -m trxsfr label`, bare TensorFlow scripts) timed with
 `time.perf_counter`; peak RSS is each subprocess's own `ru_maxrss` (os.wait4).
 Noisy figures take the median of `--repeats` runs; the raw forward limit is
-the best images/s over batch sizes 1, 8, 16, 32 and 64, measured twice.
+the best images/s over batch sizes 1, 8, 16, 32 and 64, each size's rate the
+median of rounds run beside the measured runs (this machine's speed drifts
+over minutes): in-process rounds before and after each cold extraction, and
+rounds in the parent process before each cold `retrain` and each `label`
+subprocess and after the last, for the figures of those.
 
 `--quick` scales the image counts down (400 training images instead of
 2,000; 200 -> 800 instead of 1,000 -> 4,000 for memory growth); the JSON
@@ -636,6 +640,8 @@ class Bench:
         for prefix, extractor, paths, seconds in (("", self.extractor, self.main_paths, 2.0),
                                                   ("tiny_", self.tiny, self.tiny_paths, 1.0)):
             sample = decoded_sample(paths, extractor.image_size)
+            if not prefix:
+                self.sample = sample
             self.raw[f"{prefix}raw_forward_cpu_ms_per_image"] = cpu = {}
             # A raw round before the first cold run and after each: load changes hit both alike.
             rounds = [raw_forward(extractor, sample, seconds, cpu)]
@@ -669,13 +675,27 @@ class Bench:
             info["version_dir"] = os.path.join(cwd, info["version_dir"])
         return info
 
+    def raw_round(self, key: str) -> None:
+        """One raw forward round in this process, between subprocess runs (kept under `key`).
+
+        The subprocess figures compare against the raw rate measured beside them, as the
+        cold extraction does: this machine's speed drifts over minutes.
+        """
+        if not hasattr(self, "sample"):
+            return  # the in-process step failed; the figures fall back to its rounds
+        rates = raw_forward(self.extractor, self.sample, 2.0)
+        self.raw.setdefault(key, []).append(rates)
+        log(f"raw forward beside the subprocesses: {fmt_rates(rates)}")
+
     def end_to_end(self) -> None:
         s = self.sizes
         colds = []
+        self.raw_round("raw_forward_rounds_beside_cold_retrain")
         for r in range(s.repeats):
             colds.append(self.retrain(self.main_dir, self.path("runs", f"cold-{r}")))
             log(f"cold retrain {r + 1}/{s.repeats}: {colds[-1]['wall_s']:.1f}s, "
                 f"test accuracy {colds[-1].get('test_accuracy')}")
+            self.raw_round("raw_forward_rounds_beside_cold_retrain")
         self.raw["cold_retrain"] = colds
         self.run_dir = self.path("runs", "cold-0")
         self.model_dir = colds[0]["version_dir"]
@@ -694,6 +714,7 @@ class Bench:
             p = self.runner.trxsfr("label", "--model", self.model_dir, one_image).check()
             singles.append({"wall_s": p.wall_s, "cpu_s": p.cpu_s,
                             "printed": p.out.splitlines()[0]})
+            self.raw_round("raw_forward_rounds_beside_label")  # before each, and after the last
             p = self.runner.trxsfr("label", "--model", self.model_dir, self.heldout_dir,
                                    "--format", "json").check()
             doc = json.loads(p.out)
@@ -706,6 +727,7 @@ class Bench:
                 f"{warms[-1]['wall_s']:.1f}s, bare 1-image {bares[-1]['wall_s']:.1f}s, label "
                 f"1-image {singles[-1]['wall_s']:.1f}s, label folder "
                 f"{folders[-1]['images'] / folders[-1]['inference_seconds']:.1f} img/s")
+        self.raw_round("raw_forward_rounds_beside_label")
         self.raw.update(floor=floors, warm_retrain=warms, bare_one_image=bares,
                         label_one_image=singles, label_folder=folders)
         self.raw["cache_main"] = dir_stats(os.path.join(self.run_dir, _cache_root()))
@@ -775,10 +797,13 @@ def best_raw(rounds: list[dict]) -> tuple[float, int]:
     return best[0], best[1]
 
 
-def _raw_limit(b: Bench) -> dict:
-    value, batch = best_raw(b.raw["raw_forward_rounds"])
-    return {"images_per_s": value, "best_batch_size": batch,
-            "per_batch_size_rounds": b.raw["raw_forward_rounds"]}
+def _raw_limit(b: Bench, beside: Optional[str] = None) -> dict:
+    """The raw forward limit: from the rounds run beside the measured runs (`beside`, a key
+    of `b.raw`) where there are any, else from the in-process rounds."""
+    key = beside if beside and b.raw.get(beside) else "raw_forward_rounds"
+    value, batch = best_raw(b.raw[key])
+    return {"images_per_s": value, "best_batch_size": batch, "rounds": key,
+            "per_batch_size_rounds": b.raw[key]}
 
 
 def fig_cold_extraction(b: Bench) -> dict:
@@ -795,16 +820,17 @@ def fig_cold_extraction(b: Bench) -> dict:
 
 
 def fig_label(b: Bench) -> dict:
-    limit = _raw_limit(b)
+    limit = _raw_limit(b, "raw_forward_rounds_beside_label")
     runs = b.raw["label_folder"]
     ips = median([r["images"] / r["inference_seconds"] for r in runs])
     wall_ips = median([r["images"] / r["wall_s"] for r in runs])
     return figure(ips / limit["images_per_s"], {
         "images": runs[0]["images"], "label_images_per_s_median": ips,
         "label_images_per_s_over_process_wall_median": wall_ips, "runs": runs,
-        "raw_forward_images_per_s": limit["images_per_s"],
+        "raw_forward_images_per_s": limit["images_per_s"], "raw_forward_limit": limit,
     }, note="images / inference_seconds that `label --format json` reports (decode included, "
-            "model load excluded), median of repeats")
+            "model load excluded), median of repeats; the limit from raw rounds run in this "
+            "process before each `label` run and after the last")
 
 
 def _floor_s(b: Bench) -> float:
@@ -828,14 +854,16 @@ def fig_warm(b: Bench) -> dict:
 
 def fig_cold_run(b: Bench) -> dict:
     floor = _floor_s(b)
-    limit = _raw_limit(b)["images_per_s"]
+    limit_doc = _raw_limit(b, "raw_forward_rounds_beside_cold_retrain")
+    limit = limit_doc["images_per_s"]
     cold = median([c["wall_s"] for c in b.raw["cold_retrain"]])
     n = len(b.main_paths)
     ideal = n / limit
     raw = {"images": n, "cold_retrain_wall_s_median": cold, "floor_wall_s_median": floor,
            "forward_only_s": ideal, "raw_forward_images_per_s": limit,
-           "cold_runs": b.raw["cold_retrain"]}
-    note = "(cold wall - floor) / (images / raw forward images/s), median of repeats"
+           "raw_forward_limit": limit_doc, "cold_runs": b.raw["cold_retrain"]}
+    note = "(cold wall - floor) / (images / raw forward images/s), median of repeats; the " \
+           "limit from raw rounds run in this process before the first cold run and after each"
     projected = None
     if n != FULL_IMAGES:
         cold_ips = median([c["images_per_s"] for c in b.raw["cold_extraction"]])
