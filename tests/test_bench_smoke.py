@@ -107,3 +107,24 @@ def test_raw_forward_runs_the_streams_it_is_asked_for(fx):
     most[0] = 0
     bench.raw_forward(forward, images, 0.1, streams=1, batch_sizes=(4,))
     assert most[0] == 1
+
+
+def test_subprocess_figures_divide_by_the_raw_rounds_run_beside_them():
+    """`label`'s figure uses the raw rounds measured beside its runs, not the in-process ones
+    of minutes before; without such rounds (their step failed) it falls back to those."""
+    import types
+
+    from trxsfr import bench
+
+    runs = [{"images": 1000, "inference_seconds": s, "wall_s": s + 4} for s in (8.0, 8.0, 9.0)]
+    b = types.SimpleNamespace(raw={
+        "raw_forward_rounds": [{16: 100.0, 32: 90.0}] * 2,
+        "raw_forward_rounds_beside_label": [{16: 150.0, 32: 160.0}, {16: 140.0, 32: 170.0},
+                                            {16: 150.0, 32: 175.0}],
+        "label_folder": runs,
+    })
+    fig = bench.fig_label(b)
+    assert fig["raw"]["raw_forward_limit"]["best_batch_size"] == 32
+    assert fig["value"] == pytest.approx(125.0 / 170.0)  # medians: 125 images/s, 170 at batch 32
+    del b.raw["raw_forward_rounds_beside_label"]
+    assert bench.fig_label(b)["value"] == pytest.approx(125.0 / 100.0)
