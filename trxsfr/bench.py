@@ -60,6 +60,10 @@ JPEG_QUALITY = 90
 TINY_SIZE = 64
 BATCH_SIZES = (1, 8, 16, 32, 64)
 FULL_IMAGES = 2000  # the issue's "2,000 images"
+RAW_ROUND_S = 2.0  # seconds per batch size in one raw forward round of MobileNet-V2
+# Raw rounds run in this process beside the subprocess figures' runs (keys of Bench.raw).
+BESIDE_COLD_RETRAIN = "raw_forward_rounds_beside_cold_retrain"
+BESIDE_LABEL = "raw_forward_rounds_beside_label"
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -637,8 +641,9 @@ class Bench:
         self.extractor = modules.load(self.module)
         self.tiny = modules.load(self.tiny_module)
         self.feature_dim = self.extractor.dim
-        for prefix, extractor, paths, seconds in (("", self.extractor, self.main_paths, 2.0),
-                                                  ("tiny_", self.tiny, self.tiny_paths, 1.0)):
+        for prefix, extractor, paths, seconds in (
+                ("", self.extractor, self.main_paths, RAW_ROUND_S),
+                ("tiny_", self.tiny, self.tiny_paths, 1.0)):
             sample = decoded_sample(paths, extractor.image_size)
             if not prefix:
                 self.sample = sample
@@ -683,19 +688,19 @@ class Bench:
         """
         if not hasattr(self, "sample"):
             return  # the in-process step failed; the figures fall back to its rounds
-        rates = raw_forward(self.extractor, self.sample, 2.0)
+        rates = raw_forward(self.extractor, self.sample, RAW_ROUND_S)
         self.raw.setdefault(key, []).append(rates)
         log(f"raw forward beside the subprocesses: {fmt_rates(rates)}")
 
     def end_to_end(self) -> None:
         s = self.sizes
         colds = []
-        self.raw_round("raw_forward_rounds_beside_cold_retrain")
+        self.raw_round(BESIDE_COLD_RETRAIN)
         for r in range(s.repeats):
             colds.append(self.retrain(self.main_dir, self.path("runs", f"cold-{r}")))
             log(f"cold retrain {r + 1}/{s.repeats}: {colds[-1]['wall_s']:.1f}s, "
                 f"test accuracy {colds[-1].get('test_accuracy')}")
-            self.raw_round("raw_forward_rounds_beside_cold_retrain")
+            self.raw_round(BESIDE_COLD_RETRAIN)
         self.raw["cold_retrain"] = colds
         self.run_dir = self.path("runs", "cold-0")
         self.model_dir = colds[0]["version_dir"]
@@ -714,7 +719,7 @@ class Bench:
             p = self.runner.trxsfr("label", "--model", self.model_dir, one_image).check()
             singles.append({"wall_s": p.wall_s, "cpu_s": p.cpu_s,
                             "printed": p.out.splitlines()[0]})
-            self.raw_round("raw_forward_rounds_beside_label")  # before each, and after the last
+            self.raw_round(BESIDE_LABEL)  # before each, and after the last
             p = self.runner.trxsfr("label", "--model", self.model_dir, self.heldout_dir,
                                    "--format", "json").check()
             doc = json.loads(p.out)
@@ -727,7 +732,7 @@ class Bench:
                 f"{warms[-1]['wall_s']:.1f}s, bare 1-image {bares[-1]['wall_s']:.1f}s, label "
                 f"1-image {singles[-1]['wall_s']:.1f}s, label folder "
                 f"{folders[-1]['images'] / folders[-1]['inference_seconds']:.1f} img/s")
-        self.raw_round("raw_forward_rounds_beside_label")
+        self.raw_round(BESIDE_LABEL)
         self.raw.update(floor=floors, warm_retrain=warms, bare_one_image=bares,
                         label_one_image=singles, label_folder=folders)
         self.raw["cache_main"] = dir_stats(os.path.join(self.run_dir, _cache_root()))
@@ -820,7 +825,7 @@ def fig_cold_extraction(b: Bench) -> dict:
 
 
 def fig_label(b: Bench) -> dict:
-    limit = _raw_limit(b, "raw_forward_rounds_beside_label")
+    limit = _raw_limit(b, BESIDE_LABEL)
     runs = b.raw["label_folder"]
     ips = median([r["images"] / r["inference_seconds"] for r in runs])
     wall_ips = median([r["images"] / r["wall_s"] for r in runs])
@@ -854,7 +859,7 @@ def fig_warm(b: Bench) -> dict:
 
 def fig_cold_run(b: Bench) -> dict:
     floor = _floor_s(b)
-    limit_doc = _raw_limit(b, "raw_forward_rounds_beside_cold_retrain")
+    limit_doc = _raw_limit(b, BESIDE_COLD_RETRAIN)
     limit = limit_doc["images_per_s"]
     cold = median([c["wall_s"] for c in b.raw["cold_retrain"]])
     n = len(b.main_paths)
