@@ -169,21 +169,31 @@ def test_kill_during_extraction_then_resume(tmp_path):
     np.testing.assert_allclose(a.bias.numpy(), b.bias.numpy(), rtol=1e-4, atol=1e-5)
 
 
+def byte_files(folder, n=5):
+    """n files of 100 bytes, file i all bytes i: distinct content keys."""
+    for i in range(n):
+        (folder / f"{i}.jpg").write_bytes(bytes([i]) * 100)
+    return [str(folder / f"{i}.jpg") for i in range(n)]
+
+
+def count_hashing(monkeypatch) -> list:
+    """The paths bottlenecks reads and hashes from now on, in the list returned."""
+    from trxsfr import bottlenecks
+
+    calls, real = [], bottlenecks._file_key
+    monkeypatch.setattr(bottlenecks, "_file_key", lambda p: calls.append(p) or real(p))
+    return calls
+
+
 def test_path_index_skips_rehash_and_catches_changes(tmp_path, monkeypatch):
     from trxsfr import bottlenecks
 
-    files = []
-    for i in range(5):
-        p = tmp_path / f"{i}.jpg"
-        p.write_bytes(bytes([i]) * 100)
-        files.append(str(p))
+    files = byte_files(tmp_path)
     index = bottlenecks.PathIndex(str(tmp_path / "paths.idx"))
     first, failed = bottlenecks.content_keys(files, index)
     assert failed == [] and first[0] == hashlib.sha256(b"\x00" * 100).digest()
 
-    calls = []
-    real = bottlenecks._file_key
-    monkeypatch.setattr(bottlenecks, "_file_key", lambda p: calls.append(p) or real(p))
+    calls = count_hashing(monkeypatch)
     reopened = bottlenecks.PathIndex(str(tmp_path / "paths.idx"))
     assert bottlenecks.content_keys(files, reopened)[0] == first
     assert calls == []  # nothing re-read
@@ -198,6 +208,34 @@ def test_path_index_skips_rehash_and_catches_changes(tmp_path, monkeypatch):
     with open(tmp_path / "paths.idx", "ab") as f:  # a torn line from a crash is ignored
         f.write(b"abc 12")
     assert bottlenecks.PathIndex(str(tmp_path / "paths.idx")).get(files[0], os.stat(files[0])) == first[0]
+
+
+def test_key_prefetch_hashes_what_no_index_knows_and_content_keys_trusts_it(tmp_path, monkeypatch):
+    from trxsfr import bottlenecks
+
+    files = byte_files(tmp_path)
+    cache = tmp_path / "cache"
+    assert bottlenecks.KeyPrefetch(str(cache), files).stop(finish=True) != []  # no cache yet
+    (cache / "other-store").mkdir(parents=True)
+    bottlenecks.content_keys(files[:2], bottlenecks.PathIndex(str(cache / "other-store" / "paths.idx")))
+
+    missing = str(tmp_path / "gone.jpg")  # left for content_keys to report
+    rows = bottlenecks.KeyPrefetch(str(cache), files + [missing]).stop(finish=True)
+    assert sorted(path for path, _, _ in rows) == files[2:]  # 0 and 1 are indexed, unchanged
+    st = os.stat(files[3])
+    with open(files[3], "wb") as f:  # changed after it was hashed
+        f.write(b"\xff" * 100)
+    os.utime(files[3], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+    (cache / "store").mkdir()
+    index = bottlenecks.PathIndex(str(cache / "store" / "paths.idx"))
+    index.add_many(rows)
+    calls = count_hashing(monkeypatch)
+    got, failed = bottlenecks.content_keys(files + [missing], index)
+    assert sorted(calls) == [files[0], files[1], files[3]]  # prefetched 2 and 4 not re-read
+    contents = [bytes([0]) * 100, bytes([1]) * 100, bytes([2]) * 100, b"\xff" * 100, bytes([4]) * 100]
+    assert got[:5] == [hashlib.sha256(c).digest() for c in contents] and got[5] is None
+    assert [f.path for f in failed] == [missing]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")

@@ -21,10 +21,12 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import fcntl
+import glob
 import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 import zlib
@@ -305,6 +307,52 @@ def content_keys(paths: Sequence[str], index: PathIndex) -> tuple[list[Optional[
                 fresh.append((paths[i], stats[i], key))
     index.add_many(fresh)
     return keys, failed
+
+
+class KeyPrefetch:
+    """Content keys of image files, hashed in one background thread while the extractor loads.
+
+    A cold run's hashing would otherwise wait for the load, which keeps one core busy
+    and leaves the other idle: at 2,000 images, load then keys took 0.99-1.14 s and
+    load with this beside it 0.91-0.94 s (three runs each). One thread, because four
+    made the load itself slower (they take the GIL from it). Files that some `paths.idx` under
+    `bottleneck_dir` already knows unchanged are skipped, so a warm run reads no image.
+    Errors are left for `content_keys` to report.
+    """
+
+    def __init__(self, bottleneck_dir: str, paths: Sequence[str]):
+        self._stop = threading.Event()
+        self._rows: list[tuple[str, os.stat_result, bytes]] = []
+        self._thread = threading.Thread(target=self._run, args=(bottleneck_dir, list(paths)),
+                                        name="trxsfr-key-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self, bottleneck_dir: str, paths: list[str]) -> None:
+        pattern = os.path.join(glob.escape(bottleneck_dir), "*", "paths.idx")
+        indexes = []
+        for index_path in glob.glob(pattern):
+            try:
+                indexes.append(PathIndex(index_path))
+            except OSError:
+                continue
+        for path in paths:
+            if self._stop.is_set():
+                return
+            try:
+                st = os.stat(path)
+                if not any(index.get(path, st) for index in indexes):
+                    self._rows.append((path, st, _file_key(path)))
+            except (OSError, ValueError):
+                continue
+
+    def stop(self, finish: bool = False) -> list[tuple[str, os.stat_result, bytes]]:
+        """Stop hashing (`finish`: once every file is hashed); (path, stat when hashed,
+        key) of the files hashed, for `PathIndex.add_many`. A file changed since is
+        hashed again by `content_keys`: its stat differs."""
+        if not finish:
+            self._stop.set()
+        self._thread.join()
+        return self._rows
 
 
 def variant_key(key: bytes, spec: str, variant: int) -> bytes:

@@ -173,14 +173,20 @@ def retrain(config: RetrainConfig) -> RetrainResult:
                                     config.random_scale, config.random_brightness)
     check_augmentation(config, distortion)
 
-    extractor = modules.load(config.tfhub_module, config.image_size)
+    # Ask for vectors in split order, so each split is one contiguous block of rows.
+    ordered = [it for split in Split for it in image_set.of_split(split)]
+    prefetch = bottlenecks.KeyPrefetch(config.bottleneck_dir,
+                                       [image_set.abs_path(it) for it in ordered])
+    try:
+        extractor = modules.load(config.tfhub_module, config.image_size)
+    finally:
+        prefetched = prefetch.stop()
     timings["module_load_s"] = time.perf_counter() - t0
     log.info("module %s: %dx%d images -> %d-d features", config.tfhub_module,
              *extractor.image_size, extractor.dim)
     store = bottlenecks.store_for(config.bottleneck_dir, extractor)
-    # Ask for vectors in split order, so each split is one contiguous block of rows.
-    ordered = [it for split in Split for it in image_set.of_split(split)]
     try:
+        store.paths.add_many(prefetched)
         cached = bottlenecks.ensure([image_set.abs_path(it) for it in ordered], extractor, store,
                                     config.bottleneck_batch_size, progress=config.progress)
         augmented = None
