@@ -126,5 +126,9 @@ def test_subprocess_figures_divide_by_the_raw_rounds_run_beside_them():
     fig = bench.fig_label(b)
     assert fig["raw"]["raw_forward_limit"]["best_batch_size"] == 32
     assert fig["value"] == pytest.approx(125.0 / 170.0)  # medians: 125 images/s, 170 at batch 32
+    assert "scaled" not in fig["note"]
     del b.raw["raw_forward_rounds_beside_label"]
     assert bench.fig_label(b)["value"] == pytest.approx(125.0 / 100.0)
+    for run in runs:  # a --quick run's smaller folder says so
+        run["images"] = 300
+    assert "scaled: 300 images instead of 1000" in bench.fig_label(b)["note"]
