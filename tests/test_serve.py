@@ -363,7 +363,7 @@ def test_batcher_joins_concurrent_requests_and_routes_results():
         time.sleep(0.02)
         return images[:, 0, 0, :1] * 2  # one "probability" per image: its own id, doubled
 
-    lv = LoadedVersion(1, types.SimpleNamespace(predict_images=predict_images), None, {})
+    lv = LoadedVersion(1, types.SimpleNamespace(predict_images=predict_images), None, None, {})
 
     async def main():
         batcher = Batcher(max_batch_size=4, batch_timeout=0.05)
@@ -403,7 +403,7 @@ def test_batcher_runs_up_to_num_batch_threads_batches_at_once(threads):
             running[0] -= 1
         return images[:, 0, 0, :1]
 
-    lv = LoadedVersion(1, types.SimpleNamespace(predict_images=predict_images), None, {})
+    lv = LoadedVersion(1, types.SimpleNamespace(predict_images=predict_images), None, None, {})
 
     async def client(batcher, i):
         outs = []
@@ -475,6 +475,34 @@ def test_a_broken_image_fails_its_own_request_not_its_batch(trained, fx, tmp_pat
     for out, i in zip([outs[0], outs[2], outs[3]], [0, 1, 2]):
         assert not isinstance(out, BaseException), out
         np.testing.assert_allclose(out[0], alone[i], atol=1e-6)
+
+
+def test_a_batch_of_encoded_images_is_decoded_and_classified_in_one_call(trained, fx):
+    """One TensorFlow call per batch (decode and forward pass fused), whose probabilities are
+    those of the model's own serving signature."""
+    import tensorflow as tf
+
+    from trxsfr.serve import Encoded, load_version
+
+    base, version = os.path.split(trained["version_dir"])
+    lv = load_version(base, int(version))
+    calls, fused = [], lv.predict_bytes
+    lv.predict_bytes = lambda image_bytes: calls.append(int(image_bytes.shape[0])) or fused(image_bytes)
+
+    def not_alone(image_bytes):
+        raise AssertionError("decoded in a call of its own")
+
+    lv.decode_batch = not_alone
+    data = []
+    for f in heldout_files(fx)[:3]:
+        with open(f, "rb") as fh:
+            data.append(fh.read())
+    out = lv.predict_batch([[Encoded(data[0], "image 0", "JPEG")],
+                            [Encoded(d, f"image {i}", "JPEG") for i, d in enumerate(data[1:])]])
+    assert calls == [3]
+    served = lv.classifier.saved_model.signatures["serving_default"](
+        image_bytes=tf.constant(data))["probabilities"].numpy()
+    np.testing.assert_allclose(np.concatenate(out), served, atol=1e-6)
 
 
 def test_serve_refuses_what_cannot_work(trained, tmp_path):
