@@ -72,9 +72,12 @@ def test_serving_benchmark_measures_every_figure(trained, fx):
     assert r["ratio_c32"] > 0 and r["c32_busy_factor"] > 0 and r["c32_cpu_factor"] > 0
     # the two factors multiply to the measured ratio, up to their measuring windows
     assert 0.6 < r["c32_busy_factor"] * r["c32_cpu_factor"] / r["ratio_c32"] < 1.6, r
+    last = r["runs"][-1]  # the CPU line's own numbers give its factor
+    per_request = last["server_cpu_ms_per_request"] + last["client_cpu_ms_per_request"]
+    assert r["c32_raw_cpu_ms_per_image"] / per_request == pytest.approx(r["c32_cpu_factor"])
     text = "\n".join(bench_serve.report_serving(r))
     for needle in ("Concurrency 1 / raw batch 1", "Concurrency 32 / raw batch 32",
-                   "CPU at concurrency 32"):
+                   f"against {r['c32_raw_cpu_ms_per_image']:.2f} ms per image"):
         assert needle in text, text
 
 

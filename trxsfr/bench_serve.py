@@ -288,6 +288,7 @@ def bench_serving(paths: dict, seconds: float, rounds: int, server_flags: tuple 
         # difference between their measuring windows: which of the two holds it back.
         raw_cpu = float(np.mean([ms for c, _, ms in raw_runs[32] if c == CONCURRENCY[-1]]))
         per_request = last["server_cpu_ms_per_request"] + last["client_cpu_ms_per_request"]
+        result["c32_raw_cpu_ms_per_image"] = raw_cpu
         result["c32_raw_cores_busy"] = by_c[32][32] * raw_cpu / 1000
         result["c32_busy_factor"] = last["cores_busy"] / result["c32_raw_cores_busy"]
         result["c32_cpu_factor"] = raw_cpu / per_request
@@ -315,7 +316,8 @@ def report_serving(r: dict) -> list[str]:
         lines.append(
             f"CPU at concurrency 32: server {last['server_cpu_ms_per_request']:.2f} + load "
             f"generator {last['client_cpu_ms_per_request']:.2f} ms per request against "
-            f"{r['raw_cpu_ms_per_image'][32]:.2f} ms per image for the raw forward at batch 32; "
+            f"{r['c32_raw_cpu_ms_per_image']:.2f} ms per image for the raw forward at batch 32 "
+            f"beside it; "
             f"cores busy: {last['cores_busy']:.2f} serving, {r['c32_raw_cores_busy']:.2f} raw. "
             f"So concurrency 32 / raw batch 32 ~ {r['c32_busy_factor']:.2f} (cores busy) x "
             f"{r['c32_cpu_factor']:.2f} (CPU per image) = "
