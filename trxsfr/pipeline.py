@@ -175,8 +175,8 @@ def retrain(config: RetrainConfig) -> RetrainResult:
 
     # Ask for vectors in split order, so each split is one contiguous block of rows.
     ordered = [it for split in Split for it in image_set.of_split(split)]
-    prefetch = bottlenecks.KeyPrefetch(config.bottleneck_dir,
-                                       [image_set.abs_path(it) for it in ordered])
+    ordered_paths = [image_set.abs_path(it) for it in ordered]
+    prefetch = bottlenecks.KeyPrefetch(config.bottleneck_dir, ordered_paths)
     try:
         extractor = modules.load(config.tfhub_module, config.image_size)
     finally:
@@ -187,7 +187,7 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     store = bottlenecks.store_for(config.bottleneck_dir, extractor)
     try:
         store.paths.add_many(prefetched)
-        cached = bottlenecks.ensure([image_set.abs_path(it) for it in ordered], extractor, store,
+        cached = bottlenecks.ensure(ordered_paths, extractor, store,
                                     config.bottleneck_batch_size, progress=config.progress)
         augmented = None
         if distortion.active:
