@@ -214,11 +214,69 @@ def test_negative_learning_rate_inside_a_sweep(fx, tmp_path):
     ("--early_stopping_patience", "-2", "must be >= 0, got -2"),
     ("--train_batch_size", "0", "must be positive, got 0"),
     ("--bottleneck_batch_size", "-1", "must be positive, got -1"),
+    # NaN passes every range comparison and inf trains a model that answers NaN
+    ("--learning_rate", "nan", "must be a finite number, got nan"),
+    ("--learning_rate", "0.01,inf", "must be a finite number, got inf"),
+    ("--l2", "nan", "must be a finite number, got nan"),
+    ("--label_smoothing", "nan", "must be a finite number"),
+    ("--dropout", "inf", "must be a finite number"),
+    ("--fine_tune_learning_rate", "nan", "must be a finite number"),
+    ("--seed", "-1", "must be >= 0, got -1"),
+    ("--eval_step_interval", "0", "must be positive, got 0"),
+    ("--eval_step_interval", "-3", "must be positive, got -3"),
+    ("--image_size", "0", "must be positive, got 0"),
 ])
 def test_settings_out_of_range_stop_before_any_file_is_written(fx, tmp_path, flag, value, words):
     result = retrain(fx, tmp_path, fx["images"], flag, value)
     assert_bad_input(result, flag, words)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("flags, words", [
+    (("--validation_percentage", "-5"), "--validation_percentage"),
+    (("--testing_percentage", "150"), "--testing_percentage"),
+    (("--validation_percentage", "nan"), "--validation_percentage"),
+    (("--random_crop", "100"), "--random_crop"),
+    (("--random_brightness", "nan"), "--random_brightness"),
+    (("--flip_left_right", "--augment_copies", "0"), "--augment_copies"),
+    (("--fine_tune_steps", "-1"), "--fine_tune_steps"),
+    (("--architecture", "mobilenet_0.50_224"), "--architecture"),  # beside --tfhub_module
+])
+def test_more_settings_no_run_can_use_stop_before_any_file_is_written(fx, tmp_path, flags, words):
+    result = retrain(fx, tmp_path, fx["images"], *flags)
+    assert_bad_input(result, words)
+    assert os.listdir(tmp_path) == []
+
+
+def test_image_dir_is_a_file(fx, tmp_path):
+    picture = fixture_jpegs(fx, "red")[0]
+    assert_bad_input(retrain(fx, tmp_path, picture), picture)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("flags, words", [
+    (("--early_stopping_patience", "3"), "--early_stopping_patience needs a validation split"),
+    (("--learning_rate", "0.01,0.1"), "a sweep picks by validation cross-entropy"),
+])
+def test_choosing_by_validation_without_a_validation_split_stops_before_any_work(
+        fx, tmp_path, flags, words):
+    result = retrain(fx, tmp_path, fx["images"], "--validation_percentage", "0", *flags)
+    assert_bad_input(result, words, "--validation_percentage")
+    assert os.listdir(tmp_path) == []  # no cache, no run folder, no model
+
+
+@pytest.mark.parametrize("args, words", [
+    (("export-tflite", "--model", "m", "--out", "o.tflite", "--quantize", "int4"),
+     "invalid choice: 'int4'"),
+    (("retrain", "--learning_rate", "abc"), "--learning_rate"),
+    (("label", "--format", "xml", "x.jpg"), "invalid choice: 'xml'"),
+    (("nosuch",), "invalid choice: 'nosuch'"),
+])
+def test_flag_syntax_errors_are_one_line_too(args, words):
+    """Not argparse's usage block: the same one `trxsfr: error:` line as every other error."""
+    result = run_cli(*args)
+    error = assert_bad_input(result, words, "--help")
+    assert result.err.strip() == error and "usage:" not in result.err
 
 
 def test_library_retrain_checks_settings_like_the_cli(fx, tmp_path):
@@ -248,6 +306,48 @@ def test_saved_model_dir_is_a_file(fx, tmp_path):
                      "--saved_model_dir", target, *FAST_TRAIN)
     assert_bad_input(result, "--saved_model_dir", target)
     assert target.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("flag", ["--saved_model_dir", "--bottleneck_dir", "--summaries_dir"])
+def test_a_destination_inside_a_file_stops_before_any_work(fx, tmp_path, flag):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("mine\n")
+    args = {"--saved_model_dir": tmp_path / "m", "--bottleneck_dir": tmp_path / "c",
+            "--summaries_dir": tmp_path / "s"}
+    args[flag] = afile / "sub"
+    result = run_cli("retrain", "--image_dir", fx["images"], "--tfhub_module", fx["module"],
+                     *[str(x) for kv in args.items() for x in kv], *FAST_TRAIN)
+    assert_bad_input(result, flag, afile / "sub", f"is inside {afile}, which is a file")
+    assert sorted(os.listdir(tmp_path)) == ["afile.txt"]  # not even the cache was started
+    assert afile.read_text() == "mine\n"
+
+
+def test_output_labels_inside_a_file_stops_before_any_work(fx, tmp_path):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("mine\n")
+    result = retrain(fx, tmp_path, fx["images"], "--output_labels", afile / "labels.txt")
+    assert_bad_input(result, "--output_labels", f"{afile} is a file")
+    assert sorted(os.listdir(tmp_path)) == ["afile.txt"]
+
+
+def test_a_destination_that_cannot_be_created_is_one_line(fx, tmp_path):
+    """No traceback when the folder cannot be made (here: procfs takes no new folders,
+    not even from root; elsewhere a permission or a read-only filesystem)."""
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux's /proc")
+    result = run_cli("retrain", "--image_dir", fx["images"], "--tfhub_module", fx["module"],
+                     *dests(tmp_path), "--summaries_dir", "/proc/trxsfr-test/runs", *FAST_TRAIN)
+    assert_bad_input(result, "cannot create --summaries_dir /proc/trxsfr-test/runs")
+
+
+def test_a_broken_cache_meta_file_is_one_line(fx, tmp_path):
+    cache = tmp_path / "cache"
+    first = retrain(fx, tmp_path, make_set(fx, tmp_path / "data", per_class=4))
+    assert first.code == 0, first
+    [meta] = list(cache.glob("*/meta.json"))
+    meta.write_text("{broken")
+    again = retrain(fx, tmp_path, tmp_path / "data")
+    assert_bad_input(again, "unreadable meta.json", "--bottleneck_dir")
 
 
 def test_output_labels_with_other_content_is_kept(fx, tmp_path):
@@ -397,6 +497,60 @@ def test_label_model_dir_not_a_model(trained, fx, tmp_path, kind):
         (model / "assets" / "labels.txt").write_text("a\nb\n")
     result = run_cli("label", "--model", model, fixture_jpegs(fx, "red")[0])
     assert_bad_input(result, model)
+
+
+@pytest.mark.parametrize("pb, words", [(b"", "saved_model.pb is empty"),
+                                       (None, "saved_model.pb holds no graph")])
+def test_label_model_with_a_damaged_saved_model_pb(trained, fx, tmp_path, pb, words):
+    """TF's own message for these advises a `tags=` argument of its Python API."""
+    model = tmp_path / "model"
+    shutil.copytree(trained["version_dir"], model)
+    if pb is None:  # a valid, empty SavedModel message: zero MetaGraphs
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        pb = saved_model_pb2.SavedModel().SerializeToString() or b"\x08\x01"
+    (model / "saved_model.pb").write_bytes(pb)
+    for command in (["label", "--model", model, fixture_jpegs(fx, "red")[0]], ["info", model]):
+        error = assert_bad_input(run_cli(*command), model, words)
+        assert "tags=" not in error
+
+
+def test_label_model_with_an_edited_trxsfr_json(trained, fx, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(trained["version_dir"], model)
+    meta = model / "assets" / "trxsfr.json"
+    for text, words in (("{broken", "is not readable JSON"), ("[1, 2]", "must hold a JSON object")):
+        meta.write_text(text)
+        result = run_cli("label", "--model", model, fixture_jpegs(fx, "red")[0])
+        assert_bad_input(result, meta, words, "export the model again")
+
+
+@pytest.mark.parametrize("flags, words", [
+    (("--top_k", "0"), "--top_k"),
+    (("--batch_size", "-2"), "--batch_size"),
+    (("--min_accuracy", "nan"), "--min_accuracy"),
+])
+def test_label_settings_no_run_can_use(trained, fx, flags, words):
+    assert_bad_input(label(trained, *flags, fixture_jpegs(fx, "red")[0]), words)
+
+
+def test_label_without_inputs(trained):
+    assert_bad_input(label(trained), "nothing to label")
+
+
+def test_other_commands_settings_no_run_can_use(trained, fx, tmp_path):
+    picture = fixture_jpegs(fx, "red")[0]
+    assert_bad_input(run_cli("explain", "--model", trained["base"], "--out", tmp_path / "why",
+                             "--batch_size", "-1", picture), "--batch_size")
+    assert_bad_input(run_cli("fixtures", tmp_path / "kit", "--per_class", "0"), "--per_class")
+    assert_bad_input(run_cli("report", tmp_path / "run.json", "--out", tmp_path / "r.html",
+                             "--thumbnails", "-1"), "--thumbnails")
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_label_labels_file_is_a_folder(trained, fx, tmp_path):
+    result = label(trained, "--labels", tmp_path, fixture_jpegs(fx, "red")[0])
+    assert_bad_input(result, "--labels", "is a folder")
 
 
 def test_model_given_as_a_picture(trained, fx):

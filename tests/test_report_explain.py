@@ -268,7 +268,45 @@ def test_report_bad_json(tmp_path):
     short.write_text(json.dumps({"labels": ["a", "b"], "metadata": {},
                                  "predictions": [{"path": "x.jpg", "probabilities": [1.0]}]}))
     assert_bad_input(run_cli("report", short, "--out", out), "prediction 0")
+    assert_bad_input(run_cli("report", tmp_path, "--out", out), "is a folder")
     assert not out.exists()
+
+
+def test_report_of_a_hand_edited_label_json(labelled, tmp_path):
+    """A document that has the outer shape but another shape deep inside: one line, no file."""
+    good = labelled["doc"]
+    edits = {
+        "evaluation without its fields": lambda d: d.update(evaluation={"accuracy": 0.5}),
+        "history not a list": lambda d: d["metadata"].update(history="oops"),
+        "created not a time": lambda d: d["metadata"].update(created="yesterday"),
+        "words for probabilities": lambda d: d["predictions"][0].update(
+            probabilities=["a"] * len(d["labels"])),
+        "per-class rows without fields": lambda d: d["evaluation"].update(per_class={"x": {}}),
+    }
+    out = tmp_path / "r.html"
+    for name, edit in edits.items():
+        doc = json.loads(json.dumps(good))
+        edit(doc)
+        path = tmp_path / "edited.json"
+        path.write_text(json.dumps(doc))
+        assert_bad_input(run_cli("report", path, "--out", out), path,
+                         "not the output of `trxsfr label --format json`")
+        assert not out.exists(), name
+
+
+def test_report_out_inside_a_file(labelled, tmp_path):
+    """Said before any work, not as 'already exists' (makedirs' words for a file in the way)."""
+    afile = tmp_path / "afile.txt"
+    afile.write_text("mine\n")
+    run_json = tmp_path / "run.json"
+    run_json.write_text(json.dumps(labelled["doc"]))
+    r = run_cli("report", run_json, "--out", afile / "r.html")
+    assert_bad_input(r, afile, "is a file")
+    r = run_cli("label", "--model", labelled["doc"]["model"], labelled["data"],
+                "--report", afile / "r.html")
+    assert_bad_input(r, afile, "is a file")
+    assert r.out == ""  # before any image was labelled
+    assert afile.read_text() == "mine\n"
 
 
 def test_report_under_5_mb_for_1000_images(trained, tmp_path):

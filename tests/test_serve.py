@@ -21,7 +21,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import mark_older_preprocessing, run_cli, subprocess_env
+from conftest import assert_bad_input, mark_older_preprocessing, run_cli, subprocess_env
 
 MODEL = "flowers"
 
@@ -525,6 +525,10 @@ def test_serve_refuses_what_cannot_work(trained, tmp_path):
     for flag in ("--parse_threads", "--decode_threads"):  # the older name still works
         r = run_cli("serve", "--model_base_path", trained["base"], flag, "0")
         assert r.code == 2 and "--parse_threads must be positive" in r.err, r
+    for value in ("0", "nan", "inf"):  # inf once killed the version watcher, NaN passed
+        r = run_cli("serve", "--model_base_path", trained["base"],
+                    "--file_system_poll_wait_seconds", value)
+        assert_bad_input(r, "--file_system_poll_wait_seconds must be in (0, 86400]")
     import socket
 
     taken = socket.socket()

@@ -34,10 +34,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from trxsfr import imaging
+from trxsfr import files, imaging
 from trxsfr.config import FORWARD_BATCH_SIZE
 from trxsfr.dataset import Skipped
-from trxsfr.errors import InputError
+from trxsfr.errors import InputError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +111,17 @@ class BottleneckStore:
     """Vectors of one extractor + preprocessing, keyed by image content."""
 
     def __init__(self, root: str, namespace: str, dim: int, meta: Optional[dict] = None):
-        if os.path.exists(root) and not os.path.isdir(root):
-            raise InputError(f"--bottleneck_dir {root} is a file; pass a directory")
         self.dir = os.path.join(root, namespace)
         self.dim = dim
         self.record_bytes = KEY_BYTES + 4 * dim + 4
         self._dtype = np.dtype([("key", f"V{KEY_BYTES}"), ("vec", "<f4", (dim,)), ("crc", "<u4")])
         self._index: dict[bytes, tuple[str, int]] = {}
         self._writer = None
-        os.makedirs(self.dir, exist_ok=True)
+        files.make_folder(root, "--bottleneck_dir")
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot write in --bottleneck_dir {root}: {e.strerror or e}") from e
         self._write_meta(dict(meta or {}, dim=dim, format="trxsfr-bottlenecks-1"))
         self.paths = PathIndex(os.path.join(self.dir, "paths.idx"))
         self.refresh()
@@ -127,8 +129,13 @@ class BottleneckStore:
     def _write_meta(self, meta: dict) -> None:
         path = os.path.join(self.dir, "meta.json")
         if os.path.exists(path):
-            with open(path) as f:
-                old = json.load(f)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    old = json.load(f)
+                old.get("dim")
+            except (OSError, ValueError, AttributeError) as e:  # only ever written whole
+                raise InputError(f"bottleneck cache {self.dir} has an unreadable meta.json "
+                                 f"({first_line(e, 120)}); use another --bottleneck_dir") from e
             if old.get("dim") != meta["dim"]:
                 raise InputError(f"bottleneck cache {self.dir} holds {old.get('dim')}-d vectors, "
                                  f"the module gives {meta['dim']}-d; use another --bottleneck_dir")

@@ -14,7 +14,7 @@ import numpy as np
 
 from trxsfr.config import FORWARD_BATCH_SIZE
 from trxsfr.dataset import Skipped
-from trxsfr.errors import ModelError, first_line
+from trxsfr.errors import ModelError, first_line, saved_model_failure
 from trxsfr.export import LABELS_FILE, METADATA_FILE, SIGNATURE_BYTES, SIGNATURE_IMAGES
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,23 @@ def read_labels(path: str) -> list[str]:
 
 
 def read_metadata(path: str) -> dict:
-    """A model's trxsfr.json, or {} when there is none."""
+    """A model's trxsfr.json, or {} when there is none.
+
+    Raises:
+        ModelError: the file is not a JSON object (it is written whole, so someone edited it).
+    """
     if not os.path.exists(path):
         return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path} is not readable JSON ({first_line(e, 120)}); restore it "
+                         f"or export the model again") from e
+    if not isinstance(doc, dict):
+        raise ModelError(f"{path} must hold a JSON object, not {type(doc).__name__}; restore it "
+                         f"or export the model again")
+    return doc
 
 
 @dataclasses.dataclass
@@ -92,7 +104,7 @@ class Classifier:
         try:
             self._model = tf.saved_model.load(self.path)
         except Exception as e:
-            raise ModelError(f"cannot load model {self.path}: {first_line(e)}") from e
+            raise ModelError(f"cannot load model {self.path}: {saved_model_failure(self.path, e)}") from e
         if SIGNATURE_IMAGES not in self._model.signatures:
             raise ModelError(f"{self.path} has no {SIGNATURE_IMAGES} signature; not a trxsfr model")
         self._predict = self._model.signatures[SIGNATURE_IMAGES]

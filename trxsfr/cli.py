@@ -354,10 +354,7 @@ def add_report_parser(sub) -> None:
 def run_report(args) -> int:
     from trxsfr import report as html_report
 
-    html_report.check_output(args.out)
-    doc = html_report.load_label_json(args.label_json)
-    written = html_report.write(doc, args.out, thumbnails=args.thumbnails,
-                                base_dirs=[os.path.dirname(os.path.abspath(args.label_json))])
+    written = html_report.write_from_file(args.label_json, args.out, args.thumbnails)
     if written.missing_images:
         _out(f"Note: {written.missing_images} image(s) not found; shown as placeholders")
     _out(f"Report: {written.path} ({written.bytes / 1e6:.2f} MB, "
@@ -463,8 +460,16 @@ def run_fixtures(args) -> int:
 
 # ---------------------------------------------------------------- main
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with trxsfr's one-line errors (exit 2) instead of a usage block; the
+    sub-command parsers are of this class too (add_subparsers takes the parent's)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"trxsfr: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="trxsfr", formatter_class=_Formatter,
         description="Transfer learning for images: retrain a TF-Hub feature extractor's final "
                     "layer on your class folders, export a versioned SavedModel, label with it.",

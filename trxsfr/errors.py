@@ -1,5 +1,6 @@
 """Errors a user can fix. The CLI prints `str(error)` on one line and exits 2."""
 
+import os
 import re
 
 
@@ -47,3 +48,13 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     lines = [line.strip() for line in text.splitlines()
              if line.strip() and not _TF_PREAMBLE.fullmatch(line.rstrip())]
     return lines[0][:limit] if lines else type(error).__name__
+
+
+def saved_model_failure(path: str, error: BaseException) -> str:
+    """Why `tf.saved_model.load(path)` failed, in words for the person who gave `path`."""
+    pb = os.path.join(path, "saved_model.pb")
+    if os.path.isfile(pb) and os.path.getsize(pb) == 0:
+        return "its saved_model.pb is empty (an interrupted copy?)"
+    if "0 MetaGraphs" in str(error):  # TF then advises a `tags=` argument, which does not apply
+        return "its saved_model.pb holds no graph (damaged or not a SavedModel)"
+    return first_line(error)

@@ -295,8 +295,7 @@ def run(model: str, paths: Sequence[str], out_dir: str, label: Optional[str] = N
         raise InputError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
     if not paths:
         raise InputError("nothing to explain: pass one or more image files")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise InputError(f"--out {out_dir} is a file; pass a folder for the pictures")
+    files.check_folder(out_dir, "--out")
     clf = classifier.load(model)
     if label is not None and label not in clf.labels:
         raise InputError(f"--class {label!r} is not one of the model's labels "
@@ -305,7 +304,7 @@ def run(model: str, paths: Sequence[str], out_dir: str, label: Optional[str] = N
     # Classifier keeps the loaded SavedModel; the attributions need its parts, not a signature.
     # (A .tflite model has no such parts: Attributor says so.)
     attributor = Attributor(getattr(clf, "saved_model", None), clf.image_size, target)
-    os.makedirs(out_dir, exist_ok=True)
+    files.make_folder(out_dir, "--out")
     results = []
     for path, image in zip(paths, images):
         start = time.perf_counter()

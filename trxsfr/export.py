@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from trxsfr.errors import ExportError
+from trxsfr import files
 from trxsfr.files import write_new
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,8 @@ def _next_version(base_dir: str) -> int:
 
 
 def check_base_dir(base_dir: str) -> None:
-    if os.path.exists(base_dir) and not os.path.isdir(base_dir):
-        raise ExportError(f"--saved_model_dir {base_dir} is a file; pass a directory for model versions")
+    """Raises InputError if a file is where the model versions' folder would be."""
+    files.check_folder(base_dir, "--saved_model_dir")
 
 
 def save_versioned(extractor, weights, bias, labels: Sequence[str], metadata: dict,
@@ -81,7 +82,8 @@ def save_versioned(extractor, weights, bias, labels: Sequence[str], metadata: di
     The version is above every existing one; nothing existing is touched.
 
     Raises:
-        ExportError: `base_dir` is a file or cannot be written.
+        InputError: `base_dir` is (inside) a file.
+        ExportError: `base_dir` cannot be written.
     """
     import tensorflow as tf
 
@@ -135,9 +137,12 @@ def check_labels_file(path: str, labels: Sequence[str]) -> bool:
 
     Raises:
         ExportError: the path exists with other content (it is never replaced).
+        InputError: a file is where its folder would be.
     """
     content = labels_text(labels)
     if not os.path.exists(path):
+        files.check_folder(os.path.dirname(os.path.abspath(path)),
+                           f"--output_labels {path}: its folder")
         return False
     if os.path.isfile(path):
         with open(path, encoding="utf-8", errors="replace") as f:

@@ -1,9 +1,43 @@
-"""Writing a new file whole or not at all, and never over an existing one."""
+"""Folders and files the user names: checked before the work, created with a clear
+error, and new files written whole or not at all, never over an existing one."""
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
+
+from trxsfr.errors import InputError
+
+
+def check_folder(path: str, flag: str) -> None:
+    """Fail before any work if `path` (named by `flag`) cannot be a folder: it, or the
+    nearest part of it that exists, is a file.
+
+    Raises:
+        InputError: a file is in the way.
+    """
+    target = os.path.abspath(path)
+    probe = target
+    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        where = "is a file" if probe == target else f"is inside {probe}, which is a file"
+        raise InputError(f"{flag} {path} {where}; pass a folder")
+
+
+def make_folder(path: str, flag: str) -> None:
+    """`os.makedirs(path, exist_ok=True)` for a folder the user named with `flag`.
+
+    Raises:
+        InputError: a file is in the way, or the folder cannot be created (permissions,
+            a read-only filesystem).
+    """
+    check_folder(path, flag)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create {flag} {path}: {e.strerror or e}") from e
 
 
 def write_new(path: str, data: bytes) -> None:
@@ -11,9 +45,11 @@ def write_new(path: str, data: bytes) -> None:
 
     Raises:
         FileExistsError: `path` exists (or appeared meanwhile): it is left untouched.
-        OSError: the folder cannot be written.
+        OSError: the folder cannot be written (NotADirectoryError: a file is in the way).
     """
     parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", parent)  # makedirs says "File exists"
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
     try:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
+from trxsfr import files
 from trxsfr.errors import InputError
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ def write_fixtures(out_dir: str, per_class: int = 40, heldout_per_class: int = 1
     """
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise InputError(f"{out_dir} already exists and is not an empty directory; pick a new one")
-    os.makedirs(out_dir, exist_ok=True)
+    files.make_folder(out_dir, "output folder")
     paths = {
         "module": build_extractor(os.path.join(out_dir, "module")),
         "images": write_image_set(os.path.join(out_dir, "images"), per_class, seed=1),

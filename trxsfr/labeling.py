@@ -185,6 +185,8 @@ def run(model: str, inputs: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE,
 
     clf = classifier.load(model)
     if labels_file:
+        if os.path.isdir(labels_file):
+            raise InputError(f"--labels {labels_file} is a folder; pass a labels.txt file")
         if not os.path.isfile(labels_file):
             raise InputError(f"--labels {labels_file} does not exist")
         with open(labels_file, encoding="utf-8") as f:

@@ -9,7 +9,7 @@ import os
 import re
 from typing import Any, Callable, Optional
 
-from trxsfr.errors import ModuleError, first_line
+from trxsfr.errors import ModuleError, first_line, saved_model_failure
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,8 @@ def load(handle: str, image_size: Optional[int] = None) -> Extractor:
     try:
         module = hub.load(location)
     except Exception as e:
-        raise ModuleError(f"could not load module {handle}: {first_line(e, 10_000)}") from e
+        reason = saved_model_failure(location, e) if os.path.isdir(location) else first_line(e, 10_000)
+        raise ModuleError(f"could not load module {handle}: {reason}") from e
     if not callable(module):
         raise ModuleError(
             f"module {handle} is not callable: trxsfr needs a TF2 image feature-vector "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import math
 import os
 import time
 from typing import Optional
@@ -12,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from trxsfr import __version__ as VERSION
-from trxsfr import dataset, imaging
+from trxsfr import dataset, files, imaging
 from trxsfr.config import SWEEPABLE, RetrainConfig, default_eval_interval
 from trxsfr.dataset import ImageSet, Skipped, Split
 from trxsfr.errors import InputError
@@ -45,17 +46,32 @@ class RetrainResult:
 
 def fresh_run_dir(summaries_dir: str) -> str:
     """A new sub-directory for this run's summaries; earlier runs are left as they are."""
-    if os.path.exists(summaries_dir) and not os.path.isdir(summaries_dir):
-        raise InputError(f"--summaries_dir {summaries_dir} is a file; pass a directory")
+    files.make_folder(summaries_dir, "--summaries_dir")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     for suffix in [""] + [f"-{i}" for i in range(1, 1000)]:
         path = os.path.join(summaries_dir, f"run-{stamp}{suffix}")
         try:
-            os.makedirs(path)
+            os.mkdir(path)
             return path
         except FileExistsError:
             continue
+        except OSError as e:
+            raise InputError(f"cannot create a run folder in --summaries_dir {summaries_dir}: "
+                             f"{e.strerror or e}") from e
     raise InputError(f"cannot find a fresh run directory under {summaries_dir}")
+
+
+def check_validation_needs(config: RetrainConfig, has_validation: bool) -> None:
+    """Early stopping and sweeps choose by validation loss: without a validation split
+    they cannot run (checked once the split is known, and again if none of it decoded)."""
+    if has_validation:
+        return
+    if config.early_stopping_patience:
+        raise InputError("--early_stopping_patience needs a validation split; "
+                         "raise --validation_percentage above 0")
+    if config.sweep:
+        raise InputError("a sweep picks by validation cross-entropy; "
+                         "raise --validation_percentage above 0")
 
 
 def check_augmentation(config: RetrainConfig, distortion) -> None:
@@ -137,19 +153,29 @@ def check_settings(config: RetrainConfig) -> None:
     def values(name):
         return swept.get(name, (getattr(config, name),))
 
+    for name in ("learning_rate", "l2", "label_smoothing", "dropout", "fine_tune_learning_rate"):
+        for v in values(name):  # NaN passes every comparison below, inf trains a NaN model
+            if not math.isfinite(v):
+                raise InputError(f"--{name} must be a finite number, got {v}")
     for name in ("how_many_training_steps", "train_batch_size", "bottleneck_batch_size",
                  "learning_rate"):
         for v in values(name):
+            if name == "train_batch_size" and v == -1:
+                continue  # the whole training split, as in retrain.py
             if v <= 0:
                 raise InputError(f"--{name} must be positive, got {v}")
     for name in ("label_smoothing", "dropout"):
         for v in values(name):
             if not 0 <= v < 1:
                 raise InputError(f"--{name} must be in [0, 1), got {v}")
-    for name in ("l2", "early_stopping_patience"):
+    for name in ("l2", "early_stopping_patience", "seed"):
         for v in values(name):
             if v < 0:
                 raise InputError(f"--{name} must be >= 0, got {v}")
+    for name in ("eval_step_interval", "image_size"):  # None: derived
+        v = getattr(config, name)
+        if v is not None and v <= 0:
+            raise InputError(f"--{name} must be positive, got {v}")
 
 
 def retrain(config: RetrainConfig) -> RetrainResult:
@@ -166,7 +192,11 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     image_set = dataset.discover(config.image_dir, config.validation_percentage,
                                  config.testing_percentage)
     dataset.check_trainable(image_set)
+    check_validation_needs(config, has_validation=bool(image_set.of_split(Split.VALIDATION)))
     export.check_base_dir(config.saved_model_dir)
+    files.check_folder(config.bottleneck_dir, "--bottleneck_dir")
+    if config.summaries_dir:
+        files.check_folder(config.summaries_dir, "--summaries_dir")
     if config.output_labels:  # fail before the long work, not after it
         export.check_labels_file(config.output_labels, image_set.labels)
     distortion = imaging.Distortion(config.flip_left_right, config.random_crop,
@@ -211,6 +241,7 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     row_of = {ordered[i].path: row for row, i in enumerate(cached.ok)}
     image_set = image_set.without(failed)
     dataset.check_trainable(image_set)
+    check_validation_needs(config, has_validation=bool(image_set.of_split(Split.VALIDATION)))
     notes = dataset.warnings_of(image_set)
     for note in notes:
         log.warning("%s", note)
@@ -234,17 +265,13 @@ def retrain(config: RetrainConfig) -> RetrainResult:
 
     if augmented is not None:
         x_train, y_train = with_views(x_train, y_train, image_set, train_items, augmented)
-    summary_dir = fresh_run_dir(config.summaries_dir) if config.summaries_dir else None
     validation = (x_val, y_val) if len(y_val) else None
-    if config.early_stopping_patience and validation is None:
-        raise InputError("--early_stopping_patience needs a validation split; "
-                         "raise --validation_percentage above 0")
+    if validation is None:  # all validation images failed to decode; else caught up front
+        check_validation_needs(config, has_validation=False)
+    summary_dir = fresh_run_dir(config.summaries_dir) if config.summaries_dir else None
     t1 = time.perf_counter()
     sweep_rows = []
     if config.sweep:
-        if validation is None:
-            raise InputError("a sweep picks by validation cross-entropy; "
-                             "raise --validation_percentage above 0")
         trained, sweep_rows = run_sweep(config, x_train, y_train, len(image_set.labels),
                                         validation, summary_dir)
     else:

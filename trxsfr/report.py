@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
-from trxsfr.errors import InputError
+from trxsfr import files
+from trxsfr.errors import InputError, first_line
 from trxsfr.files import write_new
 
 if TYPE_CHECKING:
@@ -47,6 +48,9 @@ def load_label_json(path: str) -> dict:
     Raises:
         InputError: the file is missing, not JSON, or not such a document.
     """
+    if os.path.isdir(path):
+        raise InputError(f"label JSON {path} is a folder; pass the file `trxsfr label ... "
+                         f"--format json > run.json` wrote")
     if not os.path.isfile(path):
         raise InputError(f"label JSON {path} does not exist (write one with "
                          f"`trxsfr label ... --format json > run.json`)")
@@ -75,6 +79,22 @@ def check_document(doc, source: str = "the document") -> None:
             raise InputError(f"{what}: prediction {i} lacks a path or {n} probabilities")
         if p.get("true_label") is not None and p["true_label"] not in doc["labels"]:
             raise InputError(f"{what}: prediction {i} has unknown true_label {p['true_label']!r}")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in probs):
+            raise InputError(f"{what}: prediction {i} has probabilities that are not numbers")
+    evaluation = doc.get("evaluation")
+    if evaluation is not None:
+        fields = ("accuracy", "count", "per_class", "confusion_matrix")
+        if not isinstance(evaluation, dict) or any(k not in evaluation for k in fields):
+            raise InputError(f"{what}: 'evaluation' must be null or an object with "
+                             f"{', '.join(fields)}")
+    meta = doc["metadata"]
+    history = meta.get("history") or []
+    if not isinstance(history, list) or \
+            not all(isinstance(row, dict) and "step" in row for row in history):
+        raise InputError(f"{what}: metadata 'history' must be a list of objects with a 'step'")
+    created = meta.get("created")
+    if created is not None and (not isinstance(created, (int, float)) or isinstance(created, bool)):
+        raise InputError(f"{what}: metadata 'created' must be a unix time, got {created!r}")
 
 
 def check_output(path: str) -> None:
@@ -86,6 +106,7 @@ def check_output(path: str) -> None:
     if os.path.lexists(path):
         raise InputError(f"report {path} already exists; pick a new path "
                          f"(trxsfr never overwrites a file)")
+    files.check_folder(os.path.dirname(os.path.abspath(path)), f"report {path}: its folder")
 
 
 # ---------------------------------------------------------------- pure numbers
@@ -556,6 +577,31 @@ class Written:
     missing_images: int
 
 
+def check_settings(out_path: str, thumbnails: int) -> None:
+    """Raises InputError for a report no run can write, before any work."""
+    if thumbnails < 0:
+        raise InputError(f"--thumbnails must be 0 or more, got {thumbnails}")
+    check_output(out_path)
+
+
+def write_from_file(label_json: str, out_path: str,
+                    thumbnails: int = DEFAULT_THUMBNAILS) -> Written:
+    """`write` for a document saved from `trxsfr label --format json`.
+
+    Raises:
+        InputError: as `write`, or the file is not such a document, including a field
+            deep inside it with another shape than `label` writes (e.g. edited by hand).
+    """
+    check_settings(out_path, thumbnails)
+    doc = load_label_json(label_json)
+    try:
+        return write(doc, out_path, thumbnails,
+                     base_dirs=[os.path.dirname(os.path.abspath(label_json))])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise InputError(f"{label_json} is not the output of `trxsfr label --format json`: a "
+                         f"field has another shape ({type(e).__name__}: {first_line(e, 120)})") from e
+
+
 def write(source: Union[dict, "LabelReport"], out_path: str, thumbnails: int = DEFAULT_THUMBNAILS,
           base_dirs: Sequence[str] = (), top_k: int = 5) -> Written:
     """Render a report and write it to a new file `out_path`.
@@ -567,9 +613,7 @@ def write(source: Union[dict, "LabelReport"], out_path: str, thumbnails: int = D
     Raises:
         InputError: `out_path` exists, cannot be written, or `source` is not a label run.
     """
-    if thumbnails < 0:
-        raise InputError(f"--thumbnails must be 0 or more, got {thumbnails}")
-    check_output(out_path)
+    check_settings(out_path, thumbnails)
     doc = source.to_json(top_k) if hasattr(source, "to_json") else source
     text, counts = render(doc, thumbnails, base_dirs)
     data = text.encode("utf-8")

@@ -943,8 +943,9 @@ def check_config(config: ServeConfig) -> None:
             raise InputError(f"--{name} must be positive, got {getattr(config, name)}")
     if config.batch_timeout_micros < 0:
         raise InputError("--batch_timeout_micros must be 0 or more")
-    if config.poll_seconds <= 0:
-        raise InputError("--file_system_poll_wait_seconds must be positive")
+    if not 0 < config.poll_seconds <= 86_400:  # NaN fails too; threading's wait overflows on inf
+        raise InputError(f"--file_system_poll_wait_seconds must be in (0, 86400], "
+                         f"got {config.poll_seconds}")
     if not 0 <= config.port <= 65535:
         raise InputError(f"--port {config.port} is not a TCP port")
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", config.model_name):
