@@ -131,6 +131,22 @@ def test_export_never_overwrites_and_rejects_bad_flags(tflite_models, trained, t
     assert r.code == 2 and "--max_representative_images must be positive" in r.err, r
     r = run_cli("export-tflite", "--model", tmp_path / "nope", "--out", tmp_path / "z.tflite", "--quiet")
     assert r.code == 2 and "does not exist" in r.err, r
+    for where, words in ((tmp_path / "missing", "is not a directory"),
+                         (tflite_models["none"], "is not a directory")):
+        r = run_cli("export-tflite", "--model", trained["base"], "--out", tmp_path / "y.tflite",
+                    "--quantize", "int8", "--representative_dir", where, "--quiet")
+        assert r.code == 2 and f"--representative_dir {where} {words}" in r.err, r
+    (tmp_path / "taken.tflite").mkdir()
+    r = run_cli("export-tflite", "--model", trained["base"], "--out", tmp_path / "taken.tflite",
+                "--quiet")
+    assert r.code == 2 and "taken.tflite already exists" in r.err, r
+    r = run_cli("export-tflite", "--model", trained["base"], "--out",
+                tmp_path / "no_folder" / "y.tflite", "--quiet")
+    assert r.code == 2 and "no_folder of --out does not exist" in r.err, r
+    r = run_cli("export-tflite", "--model", tflite_models["none"], "--out", tmp_path / "w.tflite",
+                "--quiet")
+    assert r.code == 2 and "is already a .tflite" in r.err, r
+    assert "w.tflite" not in os.listdir(tmp_path)
     assert not (tmp_path / "y.tflite").exists() and not (tmp_path / "z.tflite").exists()
 
 

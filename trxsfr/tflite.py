@@ -112,6 +112,9 @@ def convert(model: str, out: str, quantize: str = "none",
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise ExportError(f"folder {parent} of --out does not exist")
+    if is_tflite(model):
+        raise InputError(f"--model {model} is already a {SUFFIX}; export-tflite converts the "
+                         f"SavedModel it came from (its version dir or base dir)")
 
     clf = Classifier(model)
     height, width = clf.image_size
