@@ -525,6 +525,18 @@ def test_serve_refuses_what_cannot_work(trained, tmp_path):
     for flag in ("--parse_threads", "--decode_threads"):  # the older name still works
         r = run_cli("serve", "--model_base_path", trained["base"], flag, "0")
         assert r.code == 2 and "--parse_threads must be positive" in r.err, r
+    for flags, words in ((("--port", "-1"), "--port -1 is not a TCP port"),
+                         (("--port", "70000"), "--port 70000 is not a TCP port"),
+                         (("--model_name", "a/b"), "--model_name 'a/b'"),
+                         (("--batch_timeout_micros", "-1"), "--batch_timeout_micros"),
+                         (("--host", "no.such.host.invalid"), "cannot listen on no.such.host")):
+        assert_bad_input(run_cli("serve", "--model_base_path", trained["base"], *flags), words)
+    afile = tmp_path / "afile.txt"
+    afile.write_text("mine\n")
+    assert_bad_input(run_cli("serve", "--model_base_path", afile), "is not a directory")
+    (tmp_path / "empty").mkdir()
+    assert_bad_input(run_cli("serve", "--model_base_path", tmp_path / "empty"),
+                     "no working model version")
     for value in ("0", "nan", "inf"):  # inf once killed the version watcher, NaN passed
         r = run_cli("serve", "--model_base_path", trained["base"],
                     "--file_system_poll_wait_seconds", value)
