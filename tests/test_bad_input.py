@@ -548,6 +548,23 @@ def test_other_commands_settings_no_run_can_use(trained, fx, tmp_path):
     assert sorted(os.listdir(tmp_path)) == []
 
 
+def test_inputs_that_are_not_what_the_command_takes(trained, fx, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    assert_bad_input(label(trained, text), "no image files in", text)
+    assert_bad_input(run_cli("explain", "--model", trained["base"], "--out", tmp_path / "why",
+                             fx["heldout"]), fx["heldout"], "is not a file")
+    a_list = tmp_path / "list.json"
+    a_list.write_text("[1]")
+    assert_bad_input(run_cli("report", a_list, "--out", tmp_path / "r.html"),
+                     "expected a JSON object")
+    (tmp_path / "taken.html").mkdir()
+    assert_bad_input(run_cli("report", a_list, "--out", tmp_path / "taken.html"),
+                     "taken.html already exists")
+    assert_bad_input(run_cli("fixtures", tmp_path), tmp_path, "is not an empty directory")
+    assert sorted(os.listdir(tmp_path)) == ["list.json", "notes.txt", "taken.html"]
+
+
 def test_label_labels_file_is_a_folder(trained, fx, tmp_path):
     result = label(trained, "--labels", tmp_path, fixture_jpegs(fx, "red")[0])
     assert_bad_input(result, "--labels", "is a folder")
