@@ -163,6 +163,14 @@ def test_label_rejects_broken_tflite_inputs(tflite_models, fx, tmp_path):
     (tmp_path / "junk.labels.txt").write_text("a\nb\n")
     r = run_cli("label", "--model", junk, image, "--quiet")
     assert r.code == 2 and "cannot load TFLite model" in r.err, r
+    mismatched = tmp_path / "mismatched.tflite"
+    mismatched.write_bytes(open(tflite_models["none"], "rb").read())
+    (tmp_path / "mismatched.labels.txt").write_text("a\nb\nc\nd\n")
+    r = run_cli("label", "--model", mismatched, image, "--quiet")
+    assert r.code == 2 and "outputs do not match its 4 labels" in r.err, r
+    (tmp_path / "folder.tflite").mkdir()
+    r = run_cli("label", "--model", tmp_path / "folder.tflite", image, "--quiet")
+    assert r.code == 2 and "is not a .tflite file" in r.err, r
 
 
 def test_info_on_saved_model_and_tflite(tflite_models, trained):
