@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import sys
 
@@ -248,10 +249,15 @@ def test_scripts_from_scratch(tmp_path):
         assert gate.returncode in (0, 1)
         missing = run_subprocess(os.path.join(REPO, "test_infer_validation.sh"), tmp_path / "nope",
                                  cwd=tmp_path)
-        assert missing.returncode == 2 and "trxsfr: error:" in missing.stderr
+        # one line on stderr, with none of TensorFlow's C++ start-up lines before it
+        assert missing.returncode == 2, missing.stderr
+        assert len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+        assert missing.stderr.startswith("trxsfr: error:"), missing.stderr
         lab = run_subprocess(py, os.path.join(REPO, "label_image.py"), "--graph", "trxsfr_model",
                              "--image", kit / "heldout" / "red" / "red_0000.jpg", cwd=tmp_path)
         assert lab.returncode == 0 and "red (score=" in lab.stdout, lab.stderr[-2000:]
+        assert "absl::InitializeLog" not in lab.stderr and not re.search(
+            r"^[IWE]\d{4} ", lab.stderr, re.M), lab.stderr
         # The `trxsfr` command pip installed, as the README's other examples use it (a legacy
         # setuptools script once failed here when tensorflow_hub imported pkg_resources).
         trxsfr = os.path.join(os.path.dirname(sys.executable), "trxsfr")  # this environment's
