@@ -287,3 +287,29 @@ def test_model_from_older_preprocessing_is_labelled_with_its_own_decode(trained,
         image_bytes=tf.constant([open(files[0], "rb").read()]))
     np.testing.assert_allclose(doc["predictions"][0]["probabilities"],
                                served["probabilities"].numpy()[0], atol=1e-6)
+
+
+def test_native_start_up_lines_are_dropped_and_nothing_else(capfd, monkeypatch):
+    """TensorFlow's and LiteRT's C++ notices on file descriptor 2 (which no setting
+    silences) are dropped inside `native_stderr.quiet()`; real errors and our own lines pass."""
+    from trxsfr import native_stderr
+
+    lines = [
+        b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+        b"I0000 00:00:1796020187.587857   18818 port.cc:153] oneDNN custom operations are on.\n",
+        b"I0000 00:00:1796020187.588226   18818 cudart_stub.cc:31] Could not find cuda drivers\n",
+        b"E0000 00:00:1796019755.456629   17354 cuda_platform.cc:52] failed call to cuInit\n",
+        b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n",
+        b"E0000 00:00:1796019755.456629   17354 saved_model.cc:99] a real error\n",
+        b"trxsfr: error: our own line\n",
+    ]
+    monkeypatch.setattr(native_stderr, "enabled", True)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    with native_stderr.quiet():
+        for line in lines:
+            os.write(2, line)
+    assert capfd.readouterr().err.encode() == lines[-2] + lines[-1]
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # asks for every line
+    with native_stderr.quiet():
+        os.write(2, lines[1])
+    assert capfd.readouterr().err.encode() == lines[1]

@@ -11,9 +11,7 @@ import gc
 import json
 import logging
 import os
-import re
 import sys
-import threading
 from typing import Optional, Sequence
 
 from trxsfr.config import DEFAULT_MODULE, SWEEPABLE, LabelConfig, RetrainConfig
@@ -489,58 +487,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_tensorflow() -> None:
+    from trxsfr import native_stderr
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     logging.getLogger("absl").setLevel(logging.ERROR)
+    native_stderr.enabled = True  # what the two settings above no longer silence
 
 
 # Commands that always load TensorFlow (`info` does for a SavedModel, not for a .tflite).
 _TENSORFLOW_COMMANDS = ("retrain", "label", "explain", "fixtures", "serve", "export-tflite")
 
-# TensorFlow's C++ start-up lines, which TF_CPP_MIN_LOG_LEVEL no longer silences since
-# absl took over its logging (tensorflow/tensorflow#100442): absl's notice that it is not
-# initialised, INFO and WARNING lines, and the CUDA probe's errors on a machine without GPU.
-_TF_STARTUP_NOISE = re.compile(
-    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|[IW]\d{4} \S+ +\d+ \S+:\d+\] .*"
-    r"|E\d{4} \S+ +\d+ (cuda\w*|cudart_stub)\.cc:\d+\] .*")
-
 
 def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow and set up its devices with those start-up lines dropped from
-    stderr (file descriptor 2, where C++ writes); any other line written meanwhile passes.
+    """Import TensorFlow and set up its devices with its C++ start-up lines dropped."""
+    from trxsfr import native_stderr
 
-    Skipped when TensorFlow is already imported or TF_CPP_MIN_LOG_LEVEL=0 asks for its INFO
-    lines.
-    """
-    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+    if "tensorflow" in sys.modules:
         return
-    try:
-        saved = os.dup(2)
-    except OSError:
-        return  # no stderr to filter; TensorFlow is imported where it is used
-    read_end, write_end = os.pipe()
-    sys.stderr.flush()
-    os.dup2(write_end, 2)
-    os.close(write_end)
-    pump = threading.Thread(target=_forward_lines, args=(read_end, saved), daemon=True)
-    pump.start()
-    try:
+    with native_stderr.quiet():
         import tensorflow as tf
 
         tf.config.list_logical_devices()  # the CUDA probe logs here, not at the import
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)  # the pipe's last write end closes: the pump reads to its end
-        pump.join(timeout=10)
-        os.close(saved)
-
-
-def _forward_lines(read_end: int, target: int) -> None:
-    with os.fdopen(read_end, "rb") as pipe:
-        for raw in pipe:
-            if not _TF_STARTUP_NOISE.fullmatch(raw.decode("utf-8", "replace").rstrip("\r\n")):
-                os.write(target, raw)
 
 
 def _cap_malloc_arenas(arenas: int = 2) -> None:

@@ -24,6 +24,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from trxsfr import native_stderr
 from trxsfr.classifier import Classifier, read_labels, read_metadata
 from trxsfr.errors import ExportError, InputError, ModelError, first_line
 from trxsfr.export import labels_text
@@ -224,9 +225,10 @@ class TFLiteClassifier(Classifier):
         Interpreter = interpreter_class()
         self._runtime = f"{Interpreter.__module__}.{Interpreter.__name__}"
         try:
-            self._interpreter = Interpreter(model_path=path,
-                                            num_threads=num_threads or os.cpu_count() or 1)
-            self._interpreter.allocate_tensors()
+            with native_stderr.quiet():  # LiteRT's "Created ... XNNPACK delegate" line
+                self._interpreter = Interpreter(model_path=path,
+                                                num_threads=num_threads or os.cpu_count() or 1)
+                self._interpreter.allocate_tensors()
         except Exception as e:
             raise ModelError(f"cannot load TFLite model {path}: "
                              f"{first_line(e)}") from e
