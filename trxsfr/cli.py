@@ -291,6 +291,7 @@ def run_label(args) -> int:
         from trxsfr import report as html_report
 
         html_report.check_output(args.report)  # before the work, not after it
+    _import_tensorflow_quietly()  # after the checks above, which need no TensorFlow
     report = labeling.run(args.model, inputs, batch_size=args.batch_size,
                           progress=not args.quiet and args.format != "json",
                           labels_file=args.labels,
@@ -495,8 +496,9 @@ def _quiet_tensorflow() -> None:
     native_stderr.enabled = True  # what the two settings above no longer silence
 
 
-# Commands that always load TensorFlow (`info` does for a SavedModel, not for a .tflite).
-_TENSORFLOW_COMMANDS = ("retrain", "label", "explain", "fixtures", "serve", "export-tflite")
+# Commands that always load TensorFlow (`info` does for a SavedModel, not for a .tflite);
+# `label` imports it after its own flag checks.
+_TENSORFLOW_COMMANDS = ("retrain", "explain", "fixtures", "serve", "export-tflite")
 
 
 def _import_tensorflow_quietly() -> None:
