@@ -54,6 +54,15 @@ def test_sweep_picks_lowest_validation_loss_and_equals_plain_run(fx, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_train_batch_size_minus_one_trains_on_the_whole_split(fx, tmp_path):
+    """As in TF's retrain.py and as `--help` says; the settings check once refused it."""
+    r = run_cli("retrain", "--image_dir", fx["images"], "--tfhub_module", fx["module"],
+                *dests(tmp_path), "--train_batch_size", -1, *FAST_TRAIN)
+    assert r.code == 0, r
+    assert metadata(r.lines[-1])["config"]["train_batch_size"] == -1
+    assert "Final test accuracy = " in r.out
+
+
 def test_early_stopping_keeps_the_best_weights(fx, tmp_path):
     r = run_cli("retrain", "--image_dir", fx["images"], "--tfhub_module", fx["module"],
                 *dests(tmp_path), "--early_stopping_patience", 3, "--learning_rate", 1.0,

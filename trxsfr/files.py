@@ -48,8 +48,8 @@ def write_new(path: str, data: bytes) -> None:
         OSError: the folder cannot be written (NotADirectoryError: a file is in the way).
     """
     parent = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(parent) and not os.path.isdir(parent):
-        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", parent)  # makedirs says "File exists"
+    if os.path.exists(parent) and not os.path.isdir(parent):  # makedirs: "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", parent)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
     try:
