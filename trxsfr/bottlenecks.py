@@ -132,8 +132,9 @@ class BottleneckStore:
             try:
                 with open(path, encoding="utf-8") as f:
                     old = json.load(f)
-                old.get("dim")
-            except (OSError, ValueError, AttributeError) as e:  # only ever written whole
+                if not isinstance(old, dict):
+                    raise ValueError(f"a JSON {type(old).__name__}, not an object")
+            except (OSError, ValueError) as e:  # only ever written whole
                 raise InputError(f"bottleneck cache {self.dir} has an unreadable meta.json "
                                  f"({first_line(e, 120)}); use another --bottleneck_dir") from e
             if old.get("dim") != meta["dim"]:

@@ -104,7 +104,8 @@ class Classifier:
         try:
             self._model = tf.saved_model.load(self.path)
         except Exception as e:
-            raise ModelError(f"cannot load model {self.path}: {saved_model_failure(self.path, e)}") from e
+            reason = saved_model_failure(self.path, e)
+            raise ModelError(f"cannot load model {self.path}: {reason}") from e
         if SIGNATURE_IMAGES not in self._model.signatures:
             raise ModelError(f"{self.path} has no {SIGNATURE_IMAGES} signature; not a trxsfr model")
         self._predict = self._model.signatures[SIGNATURE_IMAGES]

@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from trxsfr import native_stderr
 from trxsfr.config import DEFAULT_MODULE, SWEEPABLE, LabelConfig, RetrainConfig
 from trxsfr.errors import InputError, TrxsfrError
 from trxsfr.tables import table
@@ -488,8 +489,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_tensorflow() -> None:
-    from trxsfr import native_stderr
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     logging.getLogger("absl").setLevel(logging.ERROR)
@@ -501,10 +500,14 @@ def _quiet_tensorflow() -> None:
 _TENSORFLOW_COMMANDS = ("retrain", "explain", "fixtures", "serve", "export-tflite")
 
 
+def _is_tflite(path: str) -> bool:
+    from trxsfr.tflite import is_tflite  # no TensorFlow import
+
+    return is_tflite(path)
+
+
 def _import_tensorflow_quietly() -> None:
     """Import TensorFlow and set up its devices with its C++ start-up lines dropped."""
-    from trxsfr import native_stderr
-
     if "tensorflow" in sys.modules:
         return
     with native_stderr.quiet():
@@ -545,7 +548,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_tensorflow()
     if args.command in _TENSORFLOW_COMMANDS or (
-            args.command == "info" and not str(args.model).endswith(".tflite")):
+            args.command == "info" and not _is_tflite(args.model)):
         _import_tensorflow_quietly()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LineFormatter())

@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from trxsfr.errors import ExportError
 from trxsfr import files
+from trxsfr.errors import ExportError
 from trxsfr.files import write_new
 
 log = logging.getLogger(__name__)

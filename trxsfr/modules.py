@@ -181,7 +181,8 @@ def load(handle: str, image_size: Optional[int] = None) -> Extractor:
     try:
         module = hub.load(location)
     except Exception as e:
-        reason = saved_model_failure(location, e) if os.path.isdir(location) else first_line(e, 10_000)
+        reason = (saved_model_failure(location, e) if os.path.isdir(location)
+                  else first_line(e, 10_000))
         raise ModuleError(f"could not load module {handle}: {reason}") from e
     if not callable(module):
         raise ModuleError(

@@ -241,6 +241,7 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     row_of = {ordered[i].path: row for row, i in enumerate(cached.ok)}
     image_set = image_set.without(failed)
     dataset.check_trainable(image_set)
+    # again: every validation image may have failed to decode
     check_validation_needs(config, has_validation=bool(image_set.of_split(Split.VALIDATION)))
     notes = dataset.warnings_of(image_set)
     for note in notes:
@@ -266,8 +267,6 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     if augmented is not None:
         x_train, y_train = with_views(x_train, y_train, image_set, train_items, augmented)
     validation = (x_val, y_val) if len(y_val) else None
-    if validation is None:  # all validation images failed to decode; else caught up front
-        check_validation_needs(config, has_validation=False)
     summary_dir = fresh_run_dir(config.summaries_dir) if config.summaries_dir else None
     t1 = time.perf_counter()
     sweep_rows = []

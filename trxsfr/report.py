@@ -598,8 +598,9 @@ def write_from_file(label_json: str, out_path: str,
         return write(doc, out_path, thumbnails,
                      base_dirs=[os.path.dirname(os.path.abspath(label_json))])
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-        raise InputError(f"{label_json} is not the output of `trxsfr label --format json`: a "
-                         f"field has another shape ({type(e).__name__}: {first_line(e, 120)})") from e
+        raise InputError(f"{label_json} is not the output of `trxsfr label --format json`: "
+                         f"a field has another shape ({type(e).__name__}: "
+                         f"{first_line(e, 120)})") from e
 
 
 def write(source: Union[dict, "LabelReport"], out_path: str, thumbnails: int = DEFAULT_THUMBNAILS,
