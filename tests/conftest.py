@@ -16,7 +16,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from trxsfr import cli  # noqa: E402
-from trxsfr.fixtures import write_fixtures  # noqa: E402
+from trxsfr.kit import write_fixtures  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_TRAIN = ["--how_many_training_steps", "200", "--quiet"]

@@ -282,8 +282,8 @@ def test_flag_syntax_errors_are_one_line_too(args, words):
 def test_library_retrain_checks_settings_like_the_cli(fx, tmp_path):
     """`trxsfr.retrain(RetrainConfig(...))` from Python gets the same one-line errors."""
     import trxsfr
-    from trxsfr.config import RetrainConfig
-    from trxsfr.errors import InputError
+    from trxsfr.base.config import RetrainConfig
+    from trxsfr.base.errors import InputError
 
     for bad, flag in (({"dropout": 1.0}, "--dropout"), ({"l2": -0.5}, "--l2"),
                       ({"sweep": (("label_smoothing", (0.0, 2.0)),)}, "--label_smoothing"),
@@ -598,7 +598,7 @@ def test_label_min_accuracy_without_labelled_images_stops_before_labelling(train
                                                                           monkeypatch):
     """Loose files cannot be scored against a gate: said before any image is labelled, and a
     folder whose labelled images all fail to decode is refused naming one of them."""
-    from trxsfr.classifier import Classifier
+    from trxsfr.use.classifier import Classifier
 
     real_predict_paths = Classifier.predict_paths
 

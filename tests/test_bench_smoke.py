@@ -1,5 +1,5 @@
-"""Smoke tests of the benchmarks: the MobileNet-V2 extractor `python -m trxsfr.bench` builds, and
-`python -m trxsfr.bench_serve`'s serving run."""
+"""Smoke tests of the benchmarks: the MobileNet-V2 extractor `python -m benchmarks.bench` builds, and
+`python -m benchmarks.bench_serve`'s serving run."""
 
 import os
 
@@ -9,12 +9,12 @@ import pytest
 
 @pytest.mark.slow
 def test_mobilenet_v2_fixture_gives_content_carrying_features(tmp_path):
-    from trxsfr import modules
+    from trxsfr.base import extractors
     from trxsfr.mobilenet_fixture import FEATURE_DIM, build_mobilenet_v2_extractor, \
         calibration_images
 
     path = build_mobilenet_v2_extractor(str(tmp_path / "mnv2"), image_size=64, seed=0)
-    extractor = modules.load(path)  # hub.load, as retrain does
+    extractor = extractors.load(path)  # hub.load, as retrain does
     assert extractor.image_size == (64, 64)
     assert extractor.dim == FEATURE_DIM
 
@@ -31,8 +31,9 @@ def test_mobilenet_v2_fixture_gives_content_carrying_features(tmp_path):
 
     # The content is usable: the colour classes of the test fixtures are told apart by the
     # nearest class mean of held-out pictures' features (chance: 1 in 3).
-    from trxsfr import dataset, imaging
-    from trxsfr.fixtures import write_image_set
+    from trxsfr.train import dataset
+    from trxsfr.base import imaging
+    from trxsfr.kit import write_image_set
 
     def features_by_class(root, per_class, seed):
         write_image_set(root, per_class, seed=seed, size_range=(64, 96))
@@ -87,9 +88,10 @@ def test_raw_forward_runs_the_streams_it_is_asked_for(fx):
     import threading
     import time
 
-    from trxsfr import bench, modules
+    from trxsfr import bench
+    from trxsfr.base import extractors
 
-    extractor = modules.load(fx["module"])
+    extractor = extractors.load(fx["module"])
     lock, running, most = threading.Lock(), [0], [0]
 
     def forward(x):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import FAST_TRAIN, REPO, run_cli
-from trxsfr.bottlenecks import BottleneckStore
-from trxsfr.fixtures import build_extractor, write_image_set
+from trxsfr.train.cache import BottleneckStore
+from trxsfr.kit import build_extractor, write_image_set
 
 
 def keys(n, salt=b""):
@@ -178,49 +178,49 @@ def byte_files(folder, n=5):
 
 def count_hashing(monkeypatch) -> list:
     """The paths bottlenecks reads and hashes from now on, in the list returned."""
-    from trxsfr import bottlenecks
+    from trxsfr.train import cache
 
-    calls, real = [], bottlenecks._file_key
+    calls, real = [], cache._file_key
     monkeypatch.setattr(bottlenecks, "_file_key", lambda p: calls.append(p) or real(p))
     return calls
 
 
 def test_path_index_skips_rehash_and_catches_changes(tmp_path, monkeypatch):
-    from trxsfr import bottlenecks
+    from trxsfr.train import cache
 
     files = byte_files(tmp_path)
-    index = bottlenecks.PathIndex(str(tmp_path / "paths.idx"))
-    first, failed = bottlenecks.content_keys(files, index)
+    index = cache.PathIndex(str(tmp_path / "paths.idx"))
+    first, failed = cache.content_keys(files, index)
     assert failed == [] and first[0] == hashlib.sha256(b"\x00" * 100).digest()
 
     calls = count_hashing(monkeypatch)
-    reopened = bottlenecks.PathIndex(str(tmp_path / "paths.idx"))
-    assert bottlenecks.content_keys(files, reopened)[0] == first
+    reopened = cache.PathIndex(str(tmp_path / "paths.idx"))
+    assert cache.content_keys(files, reopened)[0] == first
     assert calls == []  # nothing re-read
     st = os.stat(files[2])
     with open(files[2], "wb") as f:  # same size, new content, new mtime
         f.write(b"\xff" * 100)
     os.utime(files[2], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    again = bottlenecks.content_keys(files, reopened)[0]
+    again = cache.content_keys(files, reopened)[0]
     assert calls == [files[2]]
     assert again[2] == hashlib.sha256(b"\xff" * 100).digest()
     assert again[:2] == first[:2]
     with open(tmp_path / "paths.idx", "ab") as f:  # a torn line from a crash is ignored
         f.write(b"abc 12")
-    assert bottlenecks.PathIndex(str(tmp_path / "paths.idx")).get(files[0], os.stat(files[0])) == first[0]
+    assert cache.PathIndex(str(tmp_path / "paths.idx")).get(files[0], os.stat(files[0])) == first[0]
 
 
 def test_key_prefetch_hashes_what_no_index_knows_and_content_keys_trusts_it(tmp_path, monkeypatch):
-    from trxsfr import bottlenecks
+    from trxsfr.train import cache
 
     files = byte_files(tmp_path)
     cache = tmp_path / "cache"
-    assert bottlenecks.KeyPrefetch(str(cache), files).stop(finish=True) != []  # no cache yet
+    assert cache.KeyPrefetch(str(cache), files).stop(finish=True) != []  # no cache yet
     (cache / "other-store").mkdir(parents=True)
-    bottlenecks.content_keys(files[:2], bottlenecks.PathIndex(str(cache / "other-store" / "paths.idx")))
+    cache.content_keys(files[:2], cache.PathIndex(str(cache / "other-store" / "paths.idx")))
 
     missing = str(tmp_path / "gone.jpg")  # left for content_keys to report
-    rows = bottlenecks.KeyPrefetch(str(cache), files + [missing]).stop(finish=True)
+    rows = cache.KeyPrefetch(str(cache), files + [missing]).stop(finish=True)
     assert sorted(path for path, _, _ in rows) == files[2:]  # 0 and 1 are indexed, unchanged
     st = os.stat(files[3])
     with open(files[3], "wb") as f:  # changed after it was hashed
@@ -228,10 +228,10 @@ def test_key_prefetch_hashes_what_no_index_knows_and_content_keys_trusts_it(tmp_
     os.utime(files[3], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
 
     (cache / "store").mkdir()
-    index = bottlenecks.PathIndex(str(cache / "store" / "paths.idx"))
+    index = cache.PathIndex(str(cache / "store" / "paths.idx"))
     index.add_many(rows)
     calls = count_hashing(monkeypatch)
-    got, failed = bottlenecks.content_keys(files + [missing], index)
+    got, failed = cache.content_keys(files + [missing], index)
     assert sorted(calls) == [files[0], files[1], files[3]]  # prefetched 2 and 4 not re-read
     contents = [bytes([0]) * 100, bytes([1]) * 100, bytes([2]) * 100, b"\xff" * 100, bytes([4]) * 100]
     assert got[:5] == [hashlib.sha256(c).digest() for c in contents] and got[5] is None
@@ -240,7 +240,7 @@ def test_key_prefetch_hashes_what_no_index_knows_and_content_keys_trusts_it(tmp_
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
 def test_pipeline_threads_run_at_low_priority_and_compute_threads_do_not(fx):
-    from trxsfr import imaging
+    from trxsfr.base import imaging
 
     def nice_of(tid):
         with open(f"/proc/self/task/{tid}/stat") as f:
@@ -269,7 +269,7 @@ def test_pipeline_threads_run_at_low_priority_and_compute_threads_do_not(fx):
 
 
 def test_map_batches_overlaps_forward_passes_in_order_at_normal_priority(fx):
-    from trxsfr import imaging
+    from trxsfr.base import imaging
 
     paths = sorted(os.path.join(r, n) for r, _, ns in os.walk(fx["images"]) for n in ns)[:40]
     both_running = threading.Barrier(2, timeout=20)  # passes only if two calls overlap
@@ -303,27 +303,28 @@ def test_map_batches_overlaps_forward_passes_in_order_at_normal_priority(fx):
 def test_damaged_record_is_computed_again_also_when_shared_by_identical_files(fx, tmp_path):
     import shutil
 
-    from trxsfr import bottlenecks, modules
+    from trxsfr.train import cache
+    from trxsfr.base import extractors
 
-    extractor = modules.load(fx["module"])
+    extractor = extractors.load(fx["module"])
     red = os.path.join(fx["images"], "red")
     src = sorted(os.path.join(red, n) for n in os.listdir(red))[:4]
     files = []
     for i, p in enumerate(src + src[:1]):  # the last file has the first one's bytes
         files.append(str(tmp_path / f"{i}.jpg"))
         shutil.copyfile(p, files[-1])
-    store = bottlenecks.store_for(str(tmp_path / "cache"), extractor)
-    first = bottlenecks.ensure(files, extractor, store, 2, progress=False)
+    store = cache.store_for(str(tmp_path / "cache"), extractor)
+    first = cache.ensure(files, extractor, store, 2, progress=False)
     store.close()
     assert first.computed == 4
     (seg,) = segments(store.dir)
     with open(os.path.join(store.dir, seg), "r+b") as f:  # flip a byte of the first record's vector
-        f.seek(bottlenecks.KEY_BYTES + 5)
+        f.seek(cache.KEY_BYTES + 5)
         byte = f.read(1)
-        f.seek(bottlenecks.KEY_BYTES + 5)
+        f.seek(cache.KEY_BYTES + 5)
         f.write(bytes([byte[0] ^ 0xFF]))
-    store = bottlenecks.store_for(str(tmp_path / "cache"), extractor)
-    again = bottlenecks.ensure(files, extractor, store, 2, progress=False)
+    store = cache.store_for(str(tmp_path / "cache"), extractor)
+    again = cache.ensure(files, extractor, store, 2, progress=False)
     store.close()
     assert again.computed == 1 and again.failed == []
     np.testing.assert_allclose(again.features, first.features, rtol=1e-5, atol=1e-6)

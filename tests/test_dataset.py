@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from trxsfr import dataset
-from trxsfr.dataset import Split, split_of
-from trxsfr.errors import DatasetError
+from trxsfr.train import dataset
+from trxsfr.train.dataset import Split, split_of
+from trxsfr.base.errors import DatasetError
 
 
 def touch(root, rel, data=b"x"):

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import (FAST_TRAIN, REPO, exported_variables, mark_older_preprocessing, run_cli,
                       run_subprocess)
-from trxsfr.fixtures import write_image_set
+from trxsfr.kit import write_image_set
 
 
 def read_json(path):
@@ -292,7 +292,7 @@ def test_model_from_older_preprocessing_is_labelled_with_its_own_decode(trained,
 def test_native_start_up_lines_are_dropped_and_nothing_else(capfd, monkeypatch):
     """TensorFlow's and LiteRT's C++ notices on file descriptor 2 (which no setting
     silences) are dropped inside `native_stderr.quiet()`; real errors and our own lines pass."""
-    from trxsfr import native_stderr
+    from trxsfr.cli import native_stderr
 
     lines = [
         b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",

@@ -22,8 +22,10 @@ import numpy as np
 import pytest
 
 from conftest import FAST_TRAIN, assert_bad_input, dests, run_cli
-from trxsfr import cli, explain, report
-from trxsfr.fixtures import write_image_set
+from trxsfr import cli
+from trxsfr import explain
+from trxsfr import report
+from trxsfr.kit import write_image_set
 
 CLASSES = ("blue", "green", "red")
 
@@ -522,7 +524,7 @@ def test_explain_bad_input(trained, fx, tmp_path):
 
 def test_top_k_accuracy_is_capped_below_the_class_count():
     """Top-k with k >= classes is 100% by definition: 3 classes give top-1 and top-2."""
-    from trxsfr.evaluate import metrics
+    from trxsfr.use.metrics import metrics
 
     probs = np.array([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.3, 0.5, 0.2]])
     three = metrics([1, 1, 2], probs.argmax(1), ["a", "b", "c"], probs)  # true class ranked 2, 2, 3

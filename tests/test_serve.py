@@ -166,7 +166,7 @@ def test_float_images_signature(served, trained, fx):
     """predict_images takes float32 [N, 32, 32, 3] in [0, 1], row format, input named or not."""
     import tensorflow as tf
 
-    from trxsfr.imaging import decode_and_resize
+    from trxsfr.base.imaging import decode_and_resize
 
     f = heldout_files(fx)[0]
     image = decode_and_resize(tf.io.read_file(f), (32, 32)).numpy()
@@ -354,7 +354,7 @@ def test_batcher_joins_concurrent_requests_and_routes_results():
     import asyncio
     import types
 
-    from trxsfr.serve import Batcher, LoadedVersion
+    from trxsfr.serve.app import Batcher, LoadedVersion
 
     sizes = []
 
@@ -390,7 +390,7 @@ def test_batcher_runs_up_to_num_batch_threads_batches_at_once(threads):
     import threading
     import types
 
-    from trxsfr.serve import Batcher, LoadedVersion
+    from trxsfr.serve.app import Batcher, LoadedVersion
 
     lock, running, most = threading.Lock(), [0], [0]
 
@@ -433,7 +433,7 @@ def test_a_broken_image_fails_its_own_request_not_its_batch(trained, fx, tmp_pat
 
     import tensorflow as tf
 
-    from trxsfr.serve import Batcher, BadRequest, Encoded, load_version
+    from trxsfr.serve.app import Batcher, BadRequest, Encoded, load_version
 
     base, version = os.path.split(trained["version_dir"])
     if made_with == "older preprocessing":
@@ -482,7 +482,7 @@ def test_a_batch_of_encoded_images_is_decoded_and_classified_in_one_call(trained
     those of the model's own serving signature."""
     import tensorflow as tf
 
-    from trxsfr.serve import Encoded, load_version
+    from trxsfr.serve.app import Encoded, load_version
 
     base, version = os.path.split(trained["version_dir"])
     lv = load_version(base, int(version))

@@ -63,7 +63,7 @@ def test_every_mode_labels_the_heldout_set(tflite_models, fx):
 def test_int8_scales_per_channel_and_per_tensor(tflite_models):
     """int8 keeps a scale per output channel of a conv kernel; int8_per_tensor one per tensor,
     so its file is smaller."""
-    from trxsfr.tflite import interpreter_class
+    from trxsfr.lite import interpreter_class
 
     def kernel_scales(path):
         interpreter = interpreter_class()(model_path=path)
@@ -93,7 +93,7 @@ def test_float_tflite_agrees_with_the_saved_model(tflite_models, trained, fx):
 def test_both_formats_take_an_empty_batch(tflite_models, trained):
     """Library callers get [0, classes] for no images from either format (TF's convolutions
     raise an obscure error on an empty batch)."""
-    from trxsfr.classifier import load
+    from trxsfr.use.classifier import load
 
     for model in (trained["version_dir"], tflite_models["none"]):
         clf = load(model)
@@ -204,7 +204,7 @@ def test_tflite_runs_without_tensorflow(tflite_models):
     """Measuring a .tflite needs only the LiteRT runtime: its memory is not TensorFlow's."""
     pytest.importorskip("ai_edge_litert")
     script = ("import sys\n"
-              "from trxsfr.footprint import measure\n"
+              "from trxsfr.info import measure\n"
               "fp = measure(sys.argv[1], batch_size=2, runs=2)\n"
               "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
               "print(fp.parameters, fp.runtime)\n")
@@ -216,7 +216,7 @@ def test_tflite_runs_without_tensorflow(tflite_models):
 def test_tflite_from_older_preprocessing_warns_that_scores_may_differ(tflite_models, fx, tmp_path):
     import shutil
 
-    from trxsfr.tflite import sidecar_paths
+    from trxsfr.lite import sidecar_paths
 
     src = tflite_models["none"]
     dst = str(tmp_path / "old.tflite")

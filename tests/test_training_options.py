@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST_TRAIN, dests, exported_variables, run_cli
-from trxsfr.fixtures import write_image_set
+from trxsfr.kit import write_image_set
 
 
 def metadata(version_dir):
@@ -96,7 +96,7 @@ def test_augmentation_is_cached_and_never_touches_held_out_images(fx, tmp_path):
 def test_distorted_views_differ_from_the_plain_image(fx):
     import tensorflow as tf
 
-    from trxsfr import imaging
+    from trxsfr.base import imaging
 
     data = tf.io.read_file(os.path.join(fx["images"], "red", "red_0000.jpg"))
     plain = imaging.decode_and_resize(data, (32, 32))
@@ -149,7 +149,7 @@ def test_fine_tuning_a_module_without_trainable_variables_is_refused(fx, tmp_pat
 
 @pytest.fixture
 def keras_offline(tmp_path, monkeypatch):
-    from trxsfr import keras_apps
+    from trxsfr.base import keras_apps
 
     monkeypatch.setenv("TRXSFR_HOME", str(tmp_path / "home"))
     return keras_apps

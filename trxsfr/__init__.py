@@ -8,6 +8,6 @@ __version__ = "0.1.0"
 
 def retrain(config):
     """Run retrain with a RetrainConfig; returns a pipeline.RetrainResult."""
-    from trxsfr.pipeline import retrain as _retrain
+    from trxsfr.train.retrain import retrain as _retrain
 
     return _retrain(config)

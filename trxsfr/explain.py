@@ -31,8 +31,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from trxsfr import files
-from trxsfr.errors import InputError, ModelError
+from trxsfr.base import files
+from trxsfr.base.errors import InputError, ModelError
 
 DEFAULT_STEPS = 50
 DEFAULT_BASELINE = "black"
@@ -206,7 +206,7 @@ def load_image(path: str, size: tuple[int, int]) -> np.ndarray:
     """
     import tensorflow as tf
 
-    from trxsfr import imaging
+    from trxsfr.base import imaging
 
     if not os.path.exists(path):
         raise InputError(f"image {path} does not exist")
@@ -283,7 +283,7 @@ def run(model: str, paths: Sequence[str], out_dir: str, label: Optional[str] = N
             or `out_dir` is a file.
         ModelError: `model` is not a trxsfr model.
     """
-    from trxsfr import classifier
+    from trxsfr.use import classifier
 
     if steps < 1:
         raise InputError(f"--steps must be at least 1, got {steps}")

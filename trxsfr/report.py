@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
-from trxsfr import files
-from trxsfr.errors import InputError, first_line
-from trxsfr.files import write_new
+from trxsfr.base import files
+from trxsfr.base.errors import InputError, first_line
+from trxsfr.base.files import write_new
 
 if TYPE_CHECKING:
-    from trxsfr.labeling import LabelReport
+    from trxsfr.use.labeling import LabelReport
 
 log = logging.getLogger(__name__)
 

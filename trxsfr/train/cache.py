@@ -34,10 +34,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from trxsfr import files, imaging
-from trxsfr.config import FORWARD_BATCH_SIZE
-from trxsfr.dataset import Skipped
-from trxsfr.errors import InputError, first_line
+from trxsfr.base import files
+from trxsfr.base import imaging
+from trxsfr.base.config import FORWARD_BATCH_SIZE
+from trxsfr.train.dataset import Skipped
+from trxsfr.base.errors import InputError, first_line
 
 log = logging.getLogger(__name__)
 

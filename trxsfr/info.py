@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from trxsfr.errors import InputError
+from trxsfr.base.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,8 @@ def measure(model: str, batch_size: int = 32, runs: int = 20) -> Footprint:
         InputError: batch_size or runs not positive.
         ModelError: `model` is not a trxsfr model.
     """
-    from trxsfr import classifier
-    from trxsfr.tflite import is_tflite
+    from trxsfr.use import classifier
+    from trxsfr.lite import is_tflite
 
     if batch_size < 1 or runs < 1:
         raise InputError("--batch_size and --runs must be positive")

@@ -1,8 +1,8 @@
 """Benchmark of `serve` and of TFLite quantization on a MobileNet-V2-sized classifier.
 
-    python -m trxsfr.bench_serve [--quick] [--work DIR]       # serving vs raw forward
+    python -m benchmarks.bench_serve [--quick] [--work DIR]       # serving vs raw forward
         [--max_batch_size N] [--batch_timeout_micros N] [--num_batch_threads N]  # the server's batching
-    python -m trxsfr.bench_serve --tflite-table [--work DIR]  # quantization table
+    python -m benchmarks.bench_serve --tflite-table [--work DIR]  # quantization table
 
 Both build the same setup offline: a MobileNet-V2 (alpha 1.0, 224x224)
 extractor with fixed random weights (`mobilenet_fixture`), a few hundred
@@ -55,8 +55,8 @@ CONCURRENCY = (1, 8, 32)
 
 def setup(work: str, per_class: int, heldout_per_class: int, steps: int) -> dict:
     """Extractor, images and one trained model under `work`, reusing what is already there."""
-    from trxsfr.config import RetrainConfig
-    from trxsfr.fixtures import write_image_set
+    from trxsfr.base.config import RetrainConfig
+    from trxsfr.kit import write_image_set
     from trxsfr.mobilenet_fixture import build_mobilenet_v2_extractor
 
     paths = {name: os.path.join(work, name) for name in
@@ -77,7 +77,7 @@ def setup(work: str, per_class: int, heldout_per_class: int, steps: int) -> dict
             saved_model_dir=paths["models"], summaries_dir=paths["runs"],
             how_many_training_steps=steps, progress=False))
         log.info("test accuracy %.3f", result.test_accuracy or float("nan"))
-    from trxsfr.classifier import resolve_version
+    from trxsfr.use.classifier import resolve_version
 
     paths["version"] = resolve_version(paths["models"])
     paths["work"] = work
@@ -245,7 +245,7 @@ def bench_serving(paths: dict, seconds: float, rounds: int, server_flags: tuple 
     """
     import base64
 
-    from trxsfr import imaging
+    from trxsfr.base import imaging
 
     files = sorted(os.path.join(r, f) for r, _, fs in os.walk(paths["heldout"]) for f in fs)
     bodies = []
@@ -326,17 +326,18 @@ def report_serving(r: dict) -> list[str]:
 
 
 def tflite_table(paths: dict, runs: int) -> list[dict]:
-    from trxsfr import labeling, tflite
-    from trxsfr.classifier import load
-    from trxsfr.footprint import disk_bytes, time_forward
+    from trxsfr.use import labeling
+    from trxsfr import lite
+    from trxsfr.use.classifier import load
+    from trxsfr.info import disk_bytes, time_forward
 
     out_dir = tempfile.mkdtemp(prefix="tflite-", dir=paths["work"])  # a new folder: never overwrite
     rows = []
     variants = [("float SavedModel", paths["version"])]
-    for mode in tflite.QUANTIZE_MODES:
+    for mode in lite.QUANTIZE_MODES:
         path = os.path.join(out_dir, f"model-{mode}.tflite")
         log.info("converting: %s", mode)
-        tflite.convert(paths["version"], path, mode, representative_dir=paths["images"])
+        lite.convert(paths["version"], path, mode, representative_dir=paths["images"])
         variants.append((f"tflite {mode}", path))
     for name, model in variants:
         report = labeling.run(model, [paths["heldout"]], batch_size=32, progress=False)
@@ -375,7 +376,7 @@ def report_tflite(rows: list[dict]) -> list[str]:
 
 
 def main(argv: Optional[list] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trxsfr.bench_serve",
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_serve",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true",

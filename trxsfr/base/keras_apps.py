@@ -16,7 +16,7 @@ import shutil
 import sys
 import uuid
 
-from trxsfr.errors import ModuleError
+from trxsfr.base.errors import ModuleError
 
 # name -> (keras.applications constructor, its module (for preprocess_input), image size)
 APPLICATIONS = {

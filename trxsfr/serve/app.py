@@ -51,10 +51,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from trxsfr.classifier import versions
-from trxsfr.dataset import FORMAT_NAMES
-from trxsfr.errors import InputError, ModelError, TrxsfrError, first_line
-from trxsfr.export import SIGNATURE_BYTES, SIGNATURE_IMAGES
+from trxsfr.use.classifier import versions
+from trxsfr.train.dataset import FORMAT_NAMES
+from trxsfr.base.errors import InputError, ModelError, TrxsfrError, first_line
+from trxsfr.train.export import SIGNATURE_BYTES, SIGNATURE_IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class LoadedVersion:
         """Raise BadRequest unless `decode` (tf.string [1] -> a tensor) takes the image."""
         import tensorflow as tf
 
-        from trxsfr import imaging
+        from trxsfr.base import imaging
 
         try:
             decode(tf.constant([image.data]))
@@ -207,8 +207,8 @@ def load_version(base: str, version: int) -> LoadedVersion:
     """
     import tensorflow as tf
 
-    from trxsfr import imaging
-    from trxsfr.classifier import Classifier
+    from trxsfr.base import imaging
+    from trxsfr.use.classifier import Classifier
 
     path = os.path.join(base, str(version))
     clf = Classifier(path)

@@ -1,4 +1,4 @@
-"""Benchmark of cached augmentation (issue 6): `python -m trxsfr.bench_augment [--quick]`.
+"""Benchmark of cached augmentation (issue 6): `python -m benchmarks.bench_augment [--quick]`.
 
 Builds its own data offline (the photo-sized pictures of `trxsfr.bench`) and a
 MobileNet-V2-architecture extractor with fixed random weights, then measures
@@ -30,14 +30,17 @@ import numpy as np
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trxsfr.bench_augment",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_augment",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="300 images instead of 1,000.")
     parser.add_argument("--out", default=None, help="Work directory (default: a new temp dir).")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from trxsfr import bench, imaging, modules, pipeline
-    from trxsfr.config import RetrainConfig
+    from trxsfr import bench
+    from trxsfr.base import imaging
+    from trxsfr.base import extractors
+    from trxsfr.train import retrain as retrain_job
+    from trxsfr.base.config import RetrainConfig
     from trxsfr.mobilenet_fixture import build_mobilenet_v2_extractor
 
     work = args.out or tempfile.mkdtemp(prefix="trxsfr-bench-augment-")
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
     def run(name, **kw):
         bench.log(f"retrain: {name}")
         start = time.perf_counter()
-        result = pipeline.retrain(dataclasses.replace(base, **kw))
+        result = retrain_job.retrain(dataclasses.replace(base, **kw))
         return result, time.perf_counter() - start
 
     plain, plain_wall = run("plain, cold", bottleneck_dir=os.path.join(work, "cache-plain"))
@@ -68,9 +71,9 @@ def main(argv=None) -> int:
 
     # retrain.py's way: every step distorts a batch of 100 training images and runs the network.
     bench.log("retrain.py's way: distorted forward passes per step")
-    extractor = modules.load(module)
+    extractor = extractors.load(module)
     train = [plain.image_set.abs_path(it) for it in plain.image_set.of_split(
-        pipeline.Split.TRAIN)]
+        retrain_job.Split.TRAIN)]
     d = imaging.Distortion(**distortion)
     rng = np.random.default_rng(0)
     steps_timed, batch = 3, 100

@@ -12,9 +12,9 @@ from typing import Sequence
 
 import numpy as np
 
-from trxsfr import files
-from trxsfr.errors import ExportError
-from trxsfr.files import write_new
+from trxsfr.base import files
+from trxsfr.base.errors import ExportError
+from trxsfr.base.files import write_new
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def build_module(extractor, weights: np.ndarray, bias: np.ndarray, labels: Seque
     """A tf.Module: extractor + new layer, with both serving signatures as tf.functions."""
     import tensorflow as tf
 
-    from trxsfr.imaging import decode_batch
+    from trxsfr.base.imaging import decode_batch
 
     height, width = extractor.image_size
 

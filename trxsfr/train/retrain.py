@@ -13,10 +13,12 @@ from typing import Optional
 import numpy as np
 
 from trxsfr import __version__ as VERSION
-from trxsfr import dataset, files, imaging
-from trxsfr.config import SWEEPABLE, RetrainConfig, default_eval_interval
-from trxsfr.dataset import ImageSet, Skipped, Split
-from trxsfr.errors import InputError
+from trxsfr.train import dataset
+from trxsfr.base import files
+from trxsfr.base import imaging
+from trxsfr.base.config import SWEEPABLE, RetrainConfig, default_eval_interval
+from trxsfr.train.dataset import ImageSet, Skipped, Split
+from trxsfr.base.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,7 @@ def with_views(x_train, y_train, image_set, train_items, augmented):
 
 
 def head_options(config: RetrainConfig):
-    from trxsfr import head
+    from trxsfr.train import head
 
     steps = config.how_many_training_steps
     return head.HeadOptions(
@@ -122,7 +124,7 @@ def sweep_grid(sweep: tuple) -> list[dict]:
 
 def run_sweep(config, x_train, y_train, num_classes, validation, summary_dir):
     """Train one head per combination on the same vectors; keep the lowest validation loss."""
-    from trxsfr import head
+    from trxsfr.train import head
 
     rows, best = [], None
     x_val, y_val = validation
@@ -184,7 +186,10 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     Raises:
         TrxsfrError: the data, module or destinations cannot make a model.
     """
-    from trxsfr import bottlenecks, export, head, modules
+    from trxsfr.train import cache
+    from trxsfr.train import export
+    from trxsfr.train import head
+    from trxsfr.base import extractors
 
     timings = {}
     t0 = time.perf_counter()
@@ -206,25 +211,25 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     # Ask for vectors in split order, so each split is one contiguous block of rows.
     ordered = [it for split in Split for it in image_set.of_split(split)]
     ordered_paths = [image_set.abs_path(it) for it in ordered]
-    prefetch = bottlenecks.KeyPrefetch(config.bottleneck_dir, ordered_paths)
+    prefetch = cache.KeyPrefetch(config.bottleneck_dir, ordered_paths)
     try:
-        extractor = modules.load(config.tfhub_module, config.image_size)
+        extractor = extractors.load(config.tfhub_module, config.image_size)
     finally:
         prefetched = prefetch.stop()
     timings["module_load_s"] = time.perf_counter() - t0
     log.info("module %s: %dx%d images -> %d-d features", config.tfhub_module,
              *extractor.image_size, extractor.dim)
-    store = bottlenecks.store_for(config.bottleneck_dir, extractor)
+    store = cache.store_for(config.bottleneck_dir, extractor)
     try:
         store.paths.add_many(prefetched)
-        cached = bottlenecks.ensure(ordered_paths, extractor, store,
+        cached = cache.ensure(ordered_paths, extractor, store,
                                     config.bottleneck_batch_size, progress=config.progress)
         augmented = None
         if distortion.active:
             unreadable = {f.path for f in cached.failed}  # not decoded (and reported) again
             train_items = [it for it in ordered if it.split == Split.TRAIN
                            and image_set.abs_path(it) not in unreadable]
-            augmented = bottlenecks.ensure(
+            augmented = cache.ensure(
                 [image_set.abs_path(it) for it in train_items], extractor, store,
                 config.bottleneck_batch_size, config.progress,
                 distortion=distortion, copies=config.augment_copies)
@@ -281,7 +286,7 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     final_head = trained.head
     tuned = None
     if config.fine_tune_steps:
-        from trxsfr import finetune
+        from trxsfr.train import finetune
 
         train_paths = [image_set.abs_path(it) for it in image_set.of_split(Split.TRAIN)]
         train_labels = [it.label for it in image_set.of_split(Split.TRAIN)]

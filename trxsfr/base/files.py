@@ -7,7 +7,7 @@ import errno
 import os
 import uuid
 
-from trxsfr.errors import InputError
+from trxsfr.base.errors import InputError
 
 
 def check_folder(path: str, flag: str) -> None:

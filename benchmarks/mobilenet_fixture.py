@@ -1,6 +1,6 @@
 """A MobileNet-V2 feature extractor with fixed random weights, built offline.
 
-The benchmark (`python -m trxsfr.bench`) needs the real cost of a real
+The benchmark (`python -m benchmarks.bench`) needs the real cost of a real
 extractor without a download: this module writes the MobileNet-V2 (alpha 1.0)
 architecture -- a 3x3 stem, 17 inverted residual blocks (1x1 expand, 3x3
 depthwise, 1x1 linear projection, identity shortcuts where shapes allow),

@@ -9,8 +9,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from trxsfr import imaging
-from trxsfr.errors import ModuleError
+from trxsfr.base import imaging
+from trxsfr.base.errors import ModuleError
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from trxsfr import native_stderr
-from trxsfr.config import DEFAULT_MODULE, SWEEPABLE, LabelConfig, RetrainConfig
-from trxsfr.errors import InputError, TrxsfrError
-from trxsfr.tables import table
+from trxsfr.cli import native_stderr
+from trxsfr.base.config import DEFAULT_MODULE, SWEEPABLE, LabelConfig, RetrainConfig
+from trxsfr.base.errors import InputError, TrxsfrError
+from trxsfr.cli.tables import table
 
 EXIT_OK, EXIT_BELOW_GATE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -160,7 +160,7 @@ def _sweep_and_values(args, names) -> tuple[dict, tuple]:
 def retrain_config(args) -> RetrainConfig:
     if args.architecture and args.tfhub_module != DEFAULT_MODULE:
         raise InputError("give --tfhub_module or --architecture, not both")
-    from trxsfr.modules import architecture_to_shortcut
+    from trxsfr.base.extractors import architecture_to_shortcut
 
     module = architecture_to_shortcut(args.architecture) if args.architecture else args.tfhub_module
     swept, sweep = _sweep_and_values(args, SWEEPABLE)
@@ -186,7 +186,7 @@ def retrain_config(args) -> RetrainConfig:
 
 
 def run_retrain(args) -> int:
-    from trxsfr.pipeline import retrain
+    from trxsfr.train.retrain import retrain
 
     result = retrain(retrain_config(args))
     _out("Images per class and split:")
@@ -279,7 +279,7 @@ def add_label_parser(sub) -> None:
 
 
 def run_label(args) -> int:
-    from trxsfr import labeling
+    from trxsfr.use import labeling
 
     if args.min_accuracy is not None and not 0 <= args.min_accuracy <= 1:
         raise InputError(f"--min_accuracy is a fraction in [0, 1], got {args.min_accuracy}")
@@ -449,7 +449,7 @@ def add_fixtures_parser(sub) -> None:
 
 
 def run_fixtures(args) -> int:
-    from trxsfr.fixtures import write_fixtures
+    from trxsfr.kit import write_fixtures
 
     if args.per_class < 1 or args.heldout_per_class < 1:
         raise InputError("--per_class and --heldout_per_class must be positive")
@@ -482,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
     add_explain_parser(sub)
     add_fixtures_parser(sub)
-    from trxsfr.deploy_cli import add_deploy_parsers  # serve, export-tflite, info
+    from trxsfr.cli.deploy import add_deploy_parsers  # serve, export-tflite, info
 
     add_deploy_parsers(sub)
     return parser
@@ -501,7 +501,7 @@ _TENSORFLOW_COMMANDS = ("retrain", "explain", "fixtures", "serve", "export-tflit
 
 
 def _is_tflite(path: str) -> bool:
-    from trxsfr.tflite import is_tflite  # no TensorFlow import
+    from trxsfr.lite import is_tflite  # no TensorFlow import
 
     return is_tflite(path)
 

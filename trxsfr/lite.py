@@ -24,11 +24,11 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from trxsfr import native_stderr
-from trxsfr.classifier import Classifier, read_labels, read_metadata
-from trxsfr.errors import ExportError, InputError, ModelError, first_line
-from trxsfr.export import labels_text
-from trxsfr.files import write_new
+from trxsfr.cli import native_stderr
+from trxsfr.use.classifier import Classifier, read_labels, read_metadata
+from trxsfr.base.errors import ExportError, InputError, ModelError, first_line
+from trxsfr.train.export import labels_text
+from trxsfr.base.files import write_new
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ def _representative_images(image_dir: str, size: tuple[int, int], limit: int) ->
     Files are spread over the whole sorted listing (every k-th), so calibration
     sees every class folder, and decoded by `imaging.decode_and_resize`.
     """
-    from trxsfr import dataset, imaging
+    from trxsfr.train import dataset
+    from trxsfr.base import imaging
 
     if not os.path.isdir(image_dir):
         raise InputError(f"--representative_dir {image_dir} is not a directory")

@@ -9,7 +9,7 @@ import os
 import re
 from typing import Any, Callable, Optional
 
-from trxsfr.errors import ModuleError, first_line, saved_model_failure
+from trxsfr.base.errors import ModuleError, first_line, saved_model_failure
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def resolve(handle: str) -> ResolvedHandle:
         url, size = SHORTCUTS[handle]
         return ResolvedHandle(handle, url, size)
     if handle.startswith("keras:"):
-        from trxsfr import keras_apps
+        from trxsfr.base import keras_apps
 
         path, size = keras_apps.materialize(handle[len("keras:"):])
         return ResolvedHandle(handle, path, size)

@@ -9,7 +9,7 @@ import os
 import re
 from typing import Iterable, Sequence
 
-from trxsfr.errors import DatasetError
+from trxsfr.base.errors import DatasetError
 
 
 # Formats tf.io.decode_image reads (GIF: first frame).

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
-from trxsfr import files
-from trxsfr.errors import InputError
+from trxsfr.base import files
+from trxsfr.base.errors import InputError
 
 if TYPE_CHECKING:
     import PIL.Image

@@ -11,8 +11,8 @@ import json
 import logging
 
 from trxsfr.cli import EXIT_OK, _Formatter, _out
-from trxsfr.config import LabelConfig
-from trxsfr.errors import InputError
+from trxsfr.base.config import LabelConfig
+from trxsfr.base.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def add_deploy_parsers(sub) -> None:
 # ---------------------------------------------------------------- serve
 
 def add_serve_parser(sub) -> None:
-    from trxsfr.serve import ServeConfig as d
+    from trxsfr.serve.app import ServeConfig as d
 
     p = sub.add_parser(
         "serve", formatter_class=_Formatter,
@@ -94,9 +94,9 @@ def _version_labels(items) -> tuple:
 
 
 def run_serve(args) -> int:
-    from trxsfr import serve
+    from trxsfr.serve import app as serving
 
-    config = serve.ServeConfig(
+    config = serving.ServeConfig(
         model_base_path=args.model_base_path, model_name=args.model_name, host=args.host,
         port=args.port, max_batch_size=args.max_batch_size,
         batch_timeout_micros=args.batch_timeout_micros, max_body_bytes=args.max_body_bytes,
@@ -111,14 +111,14 @@ def run_serve(args) -> int:
         _out(f"serving model {config.model_name} version {version} at {url}/v1/models/"
              f"{config.model_name} (upload page: {url}/)")
 
-    serve.serve(config, on_ready=ready)
+    serving.serve(config, on_ready=ready)
     return EXIT_OK
 
 
 # ---------------------------------------------------------------- export-tflite
 
 def add_export_tflite_parser(sub) -> None:
-    from trxsfr.tflite import MAX_REPRESENTATIVE_IMAGES, QUANTIZE_MODES
+    from trxsfr.lite import MAX_REPRESENTATIVE_IMAGES, QUANTIZE_MODES
 
     p = sub.add_parser(
         "export-tflite", formatter_class=_Formatter,
@@ -154,11 +154,11 @@ def add_export_tflite_parser(sub) -> None:
 
 
 def run_export_tflite(args) -> int:
-    from trxsfr import tflite
+    from trxsfr import lite
 
-    if args.representative_dir and args.quantize not in tflite.CALIBRATED_MODES:
+    if args.representative_dir and args.quantize not in lite.CALIBRATED_MODES:
         log.warning("--representative_dir is only used by the int8 modes; ignoring it")
-    result = tflite.convert(args.model, args.out, args.quantize, args.representative_dir,
+    result = lite.convert(args.model, args.out, args.quantize, args.representative_dir,
                             args.max_representative_images)
     _out(f"Quantization: {result['quantize']}")
     _out(f"Size: {result['bytes'] / 1e6:.2f} MB ({result['bytes']:,} bytes)")
@@ -195,7 +195,7 @@ def add_info_parser(sub) -> None:
 
 
 def run_info(args) -> int:
-    from trxsfr.footprint import measure
+    from trxsfr.info import measure
 
     fp = measure(args.model, args.batch_size, args.runs)
     if args.format == "json":

@@ -9,11 +9,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from trxsfr import dataset
-from trxsfr.config import FORWARD_BATCH_SIZE
-from trxsfr.dataset import Skipped
-from trxsfr.errors import InputError
-from trxsfr.tables import table
+from trxsfr.train import dataset
+from trxsfr.base.config import FORWARD_BATCH_SIZE
+from trxsfr.train.dataset import Skipped
+from trxsfr.base.errors import InputError
+from trxsfr.cli.tables import table
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +180,8 @@ def run(model: str, inputs: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE,
             given and no input image has a known label (checked before any image is
             decoded), or none of those that have one could be read.
     """
-    from trxsfr import classifier
-    from trxsfr.evaluate import metrics
+    from trxsfr.use import classifier
+    from trxsfr.use.metrics import metrics
 
     clf = classifier.load(model)
     if labels_file:

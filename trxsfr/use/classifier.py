@@ -12,10 +12,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from trxsfr.config import FORWARD_BATCH_SIZE
-from trxsfr.dataset import Skipped
-from trxsfr.errors import ModelError, first_line, saved_model_failure
-from trxsfr.export import LABELS_FILE, METADATA_FILE, SIGNATURE_BYTES, SIGNATURE_IMAGES
+from trxsfr.base.config import FORWARD_BATCH_SIZE
+from trxsfr.train.dataset import Skipped
+from trxsfr.base.errors import ModelError, first_line, saved_model_failure
+from trxsfr.train.export import LABELS_FILE, METADATA_FILE, SIGNATURE_BYTES, SIGNATURE_IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class Classifier:
         """True when the model was exported by a trxsfr whose preprocessing differs from
         this one's: then only the model's own serving signature decodes as it was trained.
         Decided (and warned about) once per loaded model."""
-        from trxsfr import imaging
+        from trxsfr.base import imaging
 
         made_with = self.metadata.get("preprocessing")
         usable = SIGNATURE_BYTES in getattr(getattr(self, "_model", None), "signatures", {})
@@ -205,7 +205,7 @@ class Classifier:
     def predict_paths(self, paths: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE,
                       progress: bool = False) -> Predictions:
         """Probabilities for image files, decoded exactly as at training time."""
-        from trxsfr import imaging
+        from trxsfr.base import imaging
 
         start = time.perf_counter()
         probs = np.zeros((len(paths), len(self.labels)), np.float32)
@@ -229,11 +229,11 @@ class Classifier:
 
 def load(path: str) -> Classifier:
     """A SavedModel version/base directory, or a `.tflite` file from `export-tflite`."""
-    from trxsfr import tflite
+    from trxsfr import lite
 
-    if tflite.is_tflite(path):
-        return tflite.TFLiteClassifier(str(path))
+    if lite.is_tflite(path):
+        return lite.TFLiteClassifier(str(path))
     if os.path.isfile(path):
         raise ModelError(f"model {path} is a file but not a .tflite one (pass a SavedModel "
-                         f"version dir, its base dir or a {tflite.SUFFIX} file)")
+                         f"version dir, its base dir or a {lite.SUFFIX} file)")
     return Classifier(path)

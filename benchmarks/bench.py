@@ -3,9 +3,9 @@
 How to run (from the repository root, after `pip install -e .[bench]`; the
 benchmark needs scikit-learn for the linear reference, nothing is downloaded):
 
-    python -m trxsfr.bench --quick              # a few minutes on 2 CPU cores
-    python -m trxsfr.bench                      # the issue's sizes (2,000 images; 1,000 -> 4,000)
-    python -m trxsfr.bench --quick --out DIR    # keep data, models and logs in DIR (new/empty)
+    python -m benchmarks.bench --quick              # a few minutes on 2 CPU cores
+    python -m benchmarks.bench                      # the issue's sizes (2,000 images; 1,000 -> 4,000)
+    python -m benchmarks.bench --quick --out DIR    # keep data, models and logs in DIR (new/empty)
 
 It builds everything in a work directory (a fresh temporary directory unless
 `--out` is given; the temporary one is removed at the end unless `--keep`):
@@ -196,7 +196,7 @@ def link_subset(pool_root: str, root: str, per_class: int) -> str:
 
 
 def image_paths(root: str) -> list[str]:
-    from trxsfr import dataset
+    from trxsfr.train import dataset
 
     image_set = dataset.discover(root)
     return [image_set.abs_path(item) for item in image_set.items]
@@ -398,7 +398,7 @@ def raw_forward(extractor, images: np.ndarray, min_seconds: float,
 
 
 def decoded_sample(paths: Sequence[str], size, n: int = 64) -> np.ndarray:
-    from trxsfr import imaging
+    from trxsfr.base import imaging
 
     batches = [images.numpy() for _, images in imaging.image_dataset(list(paths[:n]), size, n)]
     return np.concatenate(batches)
@@ -406,19 +406,19 @@ def decoded_sample(paths: Sequence[str], size, n: int = 64) -> np.ndarray:
 
 def _cache_root() -> str:
     """The folder retrain keeps its caches in, relative to its working directory."""
-    from trxsfr.config import RetrainConfig
+    from trxsfr.base.config import RetrainConfig
 
     return os.path.dirname(RetrainConfig.bottleneck_dir)
 
 
 def ensure_in(cache_dir: str, extractor, paths: Sequence[str], batch_size: Optional[int] = None):
-    """bottlenecks.ensure into the store of `extractor` under `cache_dir` (opened and closed here)."""
-    from trxsfr import bottlenecks
-    from trxsfr.config import RetrainConfig
+    """cache.ensure into the store of `extractor` under `cache_dir` (opened and closed here)."""
+    from trxsfr.train import cache
+    from trxsfr.base.config import RetrainConfig
 
-    store = bottlenecks.store_for(cache_dir, extractor)
+    store = cache.store_for(cache_dir, extractor)
     try:
-        return bottlenecks.ensure(list(paths), extractor, store,
+        return cache.ensure(list(paths), extractor, store,
                                   batch_size or RetrainConfig.bottleneck_batch_size, progress=False)
     finally:
         store.close()
@@ -439,7 +439,7 @@ def cold_extraction(paths: Sequence[str], extractor, cache_dir: str, batch_size:
 
 def decode_only(paths: Sequence[str], size, batch_size: int) -> dict:
     """images/s of the decode pipeline alone (tf.data, no forward pass)."""
-    from trxsfr import imaging
+    from trxsfr.base import imaging
 
     start, cpu_start = time.perf_counter(), time.process_time()
     n = 0
@@ -473,8 +473,8 @@ def linear_reference(image_dir: str, extractor, cache_dir: str, heldout_dir: str
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from trxsfr import dataset
-    from trxsfr.config import RetrainConfig
+    from trxsfr.train import dataset
+    from trxsfr.base.config import RetrainConfig
 
     d = RetrainConfig
     image_set = dataset.discover(image_dir, d.validation_percentage, d.testing_percentage)
@@ -613,11 +613,11 @@ class Bench:
                                         n // len(CLASSES))
                          for n in (s.rss_small, s.rss_large)}
         self.heldout_dir = self.path("data", "heldout")
-        from trxsfr.fixtures import COLOURS, write_image_set
+        from trxsfr.kit import COLOURS, write_image_set
 
         self.tiny_dir = write_image_set(self.path("data", "tiny"), -(-s.tiny // len(COLOURS)),
                                         seed=self.seed + 3, size_range=(TINY_SIZE, TINY_SIZE))
-        from trxsfr.fixtures import build_extractor
+        from trxsfr.kit import build_extractor
         from trxsfr.mobilenet_fixture import build_mobilenet_v2_extractor
 
         t = time.perf_counter()
@@ -633,13 +633,14 @@ class Bench:
     # ---- in-process
 
     def in_process(self) -> None:
-        from trxsfr import imaging, modules
-        from trxsfr.config import RetrainConfig
+        from trxsfr.base import imaging
+        from trxsfr.base import extractors
+        from trxsfr.base.config import RetrainConfig
 
         batch = RetrainConfig.bottleneck_batch_size
         s = self.sizes
-        self.extractor = modules.load(self.module)
-        self.tiny = modules.load(self.tiny_module)
+        self.extractor = extractors.load(self.module)
+        self.tiny = extractors.load(self.tiny_module)
         self.feature_dim = self.extractor.dim
         for prefix, extractor, paths, seconds in (
                 ("", self.extractor, self.main_paths, RAW_ROUND_S),
@@ -752,8 +753,8 @@ class Bench:
 
     def warm_phases(self) -> None:
         """Warm bottleneck phase on retrain's own cache, and warm library runs for phase times."""
-        from trxsfr.config import RetrainConfig
-        from trxsfr.pipeline import retrain
+        from trxsfr.base.config import RetrainConfig
+        from trxsfr.train.retrain import retrain
 
         cache = os.path.join(self.run_dir, RetrainConfig.bottleneck_dir)
         warm = []
@@ -774,7 +775,7 @@ class Bench:
         self.raw["library_warm_retrain_timings"] = phases
 
     def reference(self) -> None:
-        from trxsfr.config import RetrainConfig
+        from trxsfr.base.config import RetrainConfig
 
         self.raw["linear_reference"] = linear_reference(
             self.main_dir, self.extractor, os.path.join(self.run_dir, RetrainConfig.bottleneck_dir),
@@ -819,7 +820,7 @@ def fig_cold_extraction(b: Bench) -> dict:
         "images": len(b.main_paths), "cold_extraction_images_per_s_median": ips,
         "cold_extraction_runs": cold, "raw_forward_limit": limit,
         "batch_size": _config().bottleneck_batch_size,
-    }, note="in-process bottlenecks.store_for + ensure into an empty cache (the bottleneck "
+    }, note="in-process cache.store_for + ensure into an empty cache (the bottleneck "
             "phase of a cold retrain), median of repeats; the limit is the best batch size, "
             "its rate the median of the raw rounds run before and after each cold run")
 
@@ -1014,7 +1015,7 @@ def fig_accuracy(b: Bench) -> dict:
 
 
 def _config():
-    from trxsfr.config import RetrainConfig
+    from trxsfr.base.config import RetrainConfig
 
     return RetrainConfig
 
@@ -1041,7 +1042,7 @@ def _cpu_view(b: Bench, prefix: str) -> dict:
     On a shared machine wall-clock rates swing with other load; CPU time per
     image does much less, and says what the cores must do per image.
     """
-    from trxsfr.imaging import FORWARD_STREAMS, usable_cores
+    from trxsfr.base.imaging import FORWARD_STREAMS, usable_cores
 
     limit, batch = best_raw(b.raw[f"{prefix}raw_forward_rounds"])
     forward = b.raw[f"{prefix}raw_forward_cpu_ms_per_image"][batch]
@@ -1097,7 +1098,7 @@ def diagnostics(b: Bench) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m trxsfr.bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python -m benchmarks.bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Measure issue 3's figures offline and print them as one JSON document.")
     parser.add_argument("--quick", action="store_true",
                         help="Scaled-down sizes that finish in a few minutes on 2 cores.")

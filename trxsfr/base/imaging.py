@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from trxsfr.dataset import FORMAT_NAMES
-from trxsfr.errors import first_line
+from trxsfr.train.dataset import FORMAT_NAMES
+from trxsfr.base.errors import first_line
 
 # Bump when decode_and_resize changes what it computes: it is part of the cache key.
 PREPROCESSING_VERSION = "jpeg-dct-scaled+bilinear-v2"
