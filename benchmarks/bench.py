@@ -473,6 +473,7 @@ def linear_reference(image_dir: str, extractor, cache_dir: str, heldout_dir: str
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from trxsfr.base import listing
     from trxsfr.train import dataset
     from trxsfr.base.config import RetrainConfig
 
@@ -498,7 +499,7 @@ def linear_reference(image_dir: str, extractor, cache_dir: str, heldout_dir: str
     fit_s = time.perf_counter() - start
     c = np.ravel(model[-1].C_)[0]
     counts = np.bincount(y[test], minlength=len(image_set.labels))
-    known, _ = dataset.labelled_folders(heldout_dir, labels_of_model)
+    known, _ = listing.labelled_folders(heldout_dir, labels_of_model)
     h_paths, h_y = [], []
     for label, rels in known.items():
         h_paths += [os.path.join(heldout_dir, rel) for rel in rels]

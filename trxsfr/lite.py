@@ -50,15 +50,15 @@ def _representative_images(image_dir: str, size: tuple[int, int], limit: int) ->
     Files are spread over the whole sorted listing (every k-th), so calibration
     sees every class folder, and decoded by `imaging.decode_and_resize`.
     """
-    from trxsfr.train import dataset
+    from trxsfr.base import listing
     from trxsfr.base import imaging
 
     if not os.path.isdir(image_dir):
         raise InputError(f"--representative_dir {image_dir} is not a directory")
-    files = [f for f in dataset.list_files(image_dir) if dataset.is_image_name(f)]
+    files = [f for f in listing.list_files(image_dir) if listing.is_image_name(f)]
     if not files:
         raise InputError(f"--representative_dir {image_dir} holds no image files "
-                         f"({', '.join(dataset.IMAGE_EXTENSIONS)})")
+                         f"({', '.join(listing.IMAGE_EXTENSIONS)})")
     step = max(1, len(files) // limit)
     chosen = [os.path.join(image_dir, f) for f in files[::step][:limit]]
     images = []

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from trxsfr.train.dataset import FORMAT_NAMES
+from trxsfr.base.listing import FORMAT_NAMES
 from trxsfr.base.errors import first_line
 
 # Bump when decode_and_resize changes what it computes: it is part of the cache key.

@@ -52,7 +52,7 @@ from typing import Any, Optional
 import numpy as np
 
 from trxsfr.use.classifier import versions
-from trxsfr.train.dataset import FORMAT_NAMES
+from trxsfr.base.listing import FORMAT_NAMES
 from trxsfr.base.errors import InputError, ModelError, TrxsfrError, first_line
 from trxsfr.train.export import SIGNATURE_BYTES, SIGNATURE_IMAGES
 

@@ -37,7 +37,7 @@ import numpy as np
 from trxsfr.base import files
 from trxsfr.base import imaging
 from trxsfr.base.config import FORWARD_BATCH_SIZE
-from trxsfr.train.dataset import Skipped
+from trxsfr.base.listing import Skipped
 from trxsfr.base.errors import InputError, first_line
 
 log = logging.getLogger(__name__)

@@ -10,13 +10,10 @@ import re
 from typing import Iterable, Sequence
 
 from trxsfr.base.errors import DatasetError
+from trxsfr.base.listing import (IMAGE_EXTENSIONS, Skipped, check_dir, class_dirs, is_image_name,
+                                 list_files, not_an_image)
 
 
-# Formats tf.io.decode_image reads (GIF: first frame).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
-FORMAT_NAMES = "JPEG, PNG, GIF, BMP or WebP"  # the same formats, for messages
-# Files that operating systems and photo tools drop into folders; never images.
-SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "icon\r", ".ds_store"})
 # Same constant as TF's retrain.py, so splits match the codelab's for flat class folders.
 _MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1
 FEW_IMAGES_WARNING = 20
@@ -33,12 +30,6 @@ class Item:
     path: str  # relative to the image dir, "/"-separated
     label: int
     split: Split
-
-
-@dataclasses.dataclass(frozen=True)
-class Skipped:
-    path: str
-    reason: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,53 +94,6 @@ def split_of(rel_path: str, validation_pct: float, testing_pct: float) -> Split:
     if percentage < validation_pct + testing_pct:
         return Split.TEST
     return Split.TRAIN
-
-
-def _is_ignored(name: str) -> bool:
-    return name.startswith(".") or name.lower() in SYSTEM_FILES
-
-
-def is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def not_an_image(path: str) -> Skipped:
-    """The skip record of a file whose extension is no image format TensorFlow decodes."""
-    ext = os.path.splitext(path)[1] or "(no extension)"
-    return Skipped(path, f"not an image type TensorFlow decodes: {ext} "
-                         f"(use one of {', '.join(IMAGE_EXTENSIONS)})")
-
-
-def list_files(folder: str) -> list[str]:
-    """Non-hidden files below `folder`, as sorted "/"-separated relative paths."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _is_ignored(d))
-        rel_dir = os.path.relpath(dirpath, folder)
-        for name in filenames:
-            if _is_ignored(name):
-                continue
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            found.append(rel.replace(os.sep, "/"))
-    return sorted(found)
-
-
-def class_dirs(root: str) -> list[str]:
-    """Sorted names of the visible sub-directories of `root`."""
-    return sorted(
-        name
-        for name in os.listdir(root)
-        if not _is_ignored(name) and os.path.isdir(os.path.join(root, name))
-    )
-
-
-def check_dir(root: str, what: str) -> None:
-    if not root:
-        raise DatasetError(f"no {what} given")
-    if not os.path.exists(root):
-        raise DatasetError(f"{what} {root} does not exist")
-    if not os.path.isdir(root):
-        raise DatasetError(f"{what} {root} is not a directory")
 
 
 def discover(
@@ -229,14 +173,3 @@ def warnings_of(image_set: ImageSet) -> list[str]:
             notes.append(f"class {label} has only {total} images; {FEW_IMAGES_WARNING} or "
                          f"more per class train a more reliable model")
     return notes
-
-
-def labelled_folders(root: str, labels: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
-    """For evaluation: images of `root/<label>/...` by label, and the sub-folders that are no label."""
-    known, unknown = {}, []
-    for name in class_dirs(root):
-        if name in labels:
-            known[name] = [f"{name}/{rel}" for rel in list_files(os.path.join(root, name))]
-        else:
-            unknown.append(name)
-    return known, unknown

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from trxsfr.base.config import FORWARD_BATCH_SIZE
-from trxsfr.train.dataset import Skipped
+from trxsfr.base.listing import Skipped
 from trxsfr.base.errors import ModelError, first_line, saved_model_failure
 from trxsfr.train.export import LABELS_FILE, METADATA_FILE, SIGNATURE_BYTES, SIGNATURE_IMAGES
 

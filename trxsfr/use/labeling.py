@@ -9,9 +9,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from trxsfr.train import dataset
+from trxsfr.base import listing
 from trxsfr.base.config import FORWARD_BATCH_SIZE
-from trxsfr.train.dataset import Skipped
+from trxsfr.base.listing import Skipped
 from trxsfr.base.errors import InputError
 from trxsfr.cli.tables import table
 
@@ -36,33 +36,33 @@ def collect(inputs: Sequence[str], labels: Sequence[str]) -> tuple[list[Entry], 
     entries, skipped, unknown = [], [], []
 
     def add(path: str, truth: Optional[int]):
-        if dataset.is_image_name(path):
+        if listing.is_image_name(path):
             entries.append(Entry(path, truth))
         else:
-            skipped.append(dataset.not_an_image(path))
+            skipped.append(listing.not_an_image(path))
 
     for inp in inputs:
         if os.path.isfile(inp):
             add(inp, None)
         elif os.path.isdir(inp):
-            subdirs = dataset.class_dirs(inp)
+            subdirs = listing.class_dirs(inp)
             if any(d in labels for d in subdirs):
-                known, others = dataset.labelled_folders(inp, labels)
+                known, others = listing.labelled_folders(inp, labels)
                 for label, rels in known.items():
                     for rel in rels:
                         add(os.path.join(inp, rel), labels.index(label))
                 unknown += [os.path.join(inp, d) for d in others]
-                for rel in dataset.list_files(inp):
+                for rel in listing.list_files(inp):
                     if "/" not in rel:
                         add(os.path.join(inp, rel), None)
             else:
-                for rel in dataset.list_files(inp):
+                for rel in listing.list_files(inp):
                     add(os.path.join(inp, rel), None)
         else:
             raise InputError(f"input {inp} does not exist")
     if not entries:
         raise InputError(f"no image files in {', '.join(inputs)} "
-                         f"(looked for {', '.join(dataset.IMAGE_EXTENSIONS)})")
+                         f"(looked for {', '.join(listing.IMAGE_EXTENSIONS)})")
     return entries, skipped, unknown
 
 
