@@ -314,7 +314,7 @@ def test_damaged_record_is_computed_again_also_when_shared_by_identical_files(fx
         files.append(str(tmp_path / f"{i}.jpg"))
         shutil.copyfile(p, files[-1])
     store = cache.store_for(str(tmp_path / "cache"), extractor)
-    first = cache.ensure(files, extractor, store, 2, progress=False)
+    first = cache.ensure(files, extractor, store, 2)
     store.close()
     assert first.computed == 4
     (seg,) = segments(store.dir)
@@ -324,7 +324,7 @@ def test_damaged_record_is_computed_again_also_when_shared_by_identical_files(fx
         f.seek(cache.KEY_BYTES + 5)
         f.write(bytes([byte[0] ^ 0xFF]))
     store = cache.store_for(str(tmp_path / "cache"), extractor)
-    again = cache.ensure(files, extractor, store, 2, progress=False)
+    again = cache.ensure(files, extractor, store, 2)
     store.close()
     assert again.computed == 1 and again.failed == []
     np.testing.assert_allclose(again.features, first.features, rtol=1e-5, atol=1e-6)

@@ -63,7 +63,7 @@ def test_every_mode_labels_the_heldout_set(tflite_models, fx):
 def test_int8_scales_per_channel_and_per_tensor(tflite_models):
     """int8 keeps a scale per output channel of a conv kernel; int8_per_tensor one per tensor,
     so its file is smaller."""
-    from trxsfr.lite import interpreter_class
+    from trxsfr.use.interpreter import interpreter_class
 
     def kernel_scales(path):
         interpreter = interpreter_class()(model_path=path)
@@ -216,7 +216,7 @@ def test_tflite_runs_without_tensorflow(tflite_models):
 def test_tflite_from_older_preprocessing_warns_that_scores_may_differ(tflite_models, fx, tmp_path):
     import shutil
 
-    from trxsfr.lite import sidecar_paths
+    from trxsfr.base.contract import tflite_sidecars as sidecar_paths
 
     src = tflite_models["none"]
     dst = str(tmp_path / "old.tflite")

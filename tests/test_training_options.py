@@ -97,13 +97,14 @@ def test_distorted_views_differ_from_the_plain_image(fx):
     import tensorflow as tf
 
     from trxsfr.base import imaging
+    from trxsfr.train import augment
 
     data = tf.io.read_file(os.path.join(fx["images"], "red", "red_0000.jpg"))
     plain = imaging.decode_and_resize(data, (32, 32))
-    d = imaging.Distortion(True, 10, 10, 10)
-    a = imaging.distort(data, (32, 32), d, tf.constant([1, 2], tf.int64))
-    b = imaging.distort(data, (32, 32), d, tf.constant([1, 2], tf.int64))
-    c = imaging.distort(data, (32, 32), d, tf.constant([3, 4], tf.int64))
+    d = augment.Distortion(True, 10, 10, 10)
+    a = augment.distort(data, (32, 32), d, tf.constant([1, 2], tf.int64))
+    b = augment.distort(data, (32, 32), d, tf.constant([1, 2], tf.int64))
+    c = augment.distort(data, (32, 32), d, tf.constant([3, 4], tf.int64))
     assert a.shape == plain.shape
     np.testing.assert_array_equal(a, b)  # same seed, same view: cacheable
     assert not np.allclose(a, c) and not np.allclose(a, plain)

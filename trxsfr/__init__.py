@@ -1,13 +1,38 @@
 """trxsfr: transfer learning for images on a laptop CPU.
 
-`trxsfr.retrain(config)` runs the whole retrain job from Python; see trxsfr.config.RetrainConfig.
+From Python::
+
+    import trxsfr
+    from trxsfr.base.config import RetrainConfig
+
+    result = trxsfr.retrain(RetrainConfig(image_dir="photos", tfhub_module="..."))
+    model = trxsfr.load(result.version_dir)          # a version dir, its base dir or a .tflite
+    run = trxsfr.label(model, ["heldout/"])          # a LabelRun: predictions and evaluation
+
+Imports are lazy: `import trxsfr` does not load TensorFlow.
 """
 
-__version__ = "0.1.0"
+from trxsfr.base import __version__
+
+__all__ = ["__version__", "retrain", "load", "label"]
 
 
-def retrain(config):
-    """Run retrain with a RetrainConfig; returns a pipeline.RetrainResult."""
+def retrain(config, on_progress=None):
+    """Run the retrain job with a RetrainConfig; returns a RetrainResult (trxsfr.train.retrain)."""
     from trxsfr.train.retrain import retrain as _retrain
 
-    return _retrain(config)
+    return _retrain(config, on_progress)
+
+
+def load(path):
+    """A `Predictor` for a SavedModel version dir, its base dir (highest version) or a .tflite."""
+    from trxsfr.use.classifier import load as _load
+
+    return _load(path)
+
+
+def label(predictor, inputs, **options):
+    """Label files and folders with a loaded model; returns a LabelRun (trxsfr.use.labeling)."""
+    from trxsfr.use.labeling import run
+
+    return run(predictor, inputs, **options)

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from trxsfr.base import files
+from trxsfr.base import contract, files
 from trxsfr.base.errors import InputError, ModelError
 
 DEFAULT_STEPS = 50
@@ -154,8 +154,9 @@ class Attributor:
         def score_and_gradients(images, class_index):
             with tf.GradientTape() as tape:
                 tape.watch(images)
-                features = model.extractor(images)
-                logits = tf.matmul(features, model.weights) + model.bias
+                features = getattr(model, contract.ATTR_EXTRACTOR)(images)
+                logits = (tf.matmul(features, getattr(model, contract.ATTR_WEIGHTS))
+                          + getattr(model, contract.ATTR_BIAS))
                 scores = logits if use_logit else tf.nn.softmax(logits)
                 score = tf.gather(scores, class_index, axis=1)
             gradients = tape.gradient(score, images)

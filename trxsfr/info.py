@@ -71,23 +71,6 @@ class Footprint:
         doc["rss_load_increase_bytes"] = self.rss_after_load_bytes - self.rss_before_load_bytes
         return doc
 
-    def text_lines(self) -> list[str]:
-        mb = 1024 * 1024
-        return [
-            f"Model: {self.path} ({self.format}{', quantize ' + self.quantize if self.quantize else ''})",
-            f"Runtime: {self.runtime}",
-            f"Module: {self.module or 'unknown'}",
-            f"Labels ({len(self.labels)}): {', '.join(self.labels)}",
-            f"Image size: {self.image_size[0]}x{self.image_size[1]}",
-            f"Parameters: {self.parameters:,}",
-            f"Size on disk: {self.disk_bytes / mb:.2f} MiB ({self.disk_bytes:,} bytes)",
-            f"Load time: {self.load_seconds:.3f} s",
-            f"Resident memory after load: {self.rss_after_load_bytes / mb:.0f} MiB "
-            f"(+{(self.rss_after_load_bytes - self.rss_before_load_bytes) / mb:.0f} MiB for the model)",
-            f"Latency, 1 image: {self.latency_ms_p50:.2f} ms median, {self.latency_ms_p90:.2f} ms p90",
-            f"Throughput, batch {self.batch_size}: {self.throughput_images_per_s:.1f} images/s",
-        ]
-
 
 def time_forward(clf, batch_size: int, runs: int, seed: int = 0) -> list[float]:
     """Seconds per `clf.predict_images` call on `batch_size` random images, after one warm-up call."""
@@ -114,12 +97,12 @@ def measure(model: str, batch_size: int = 32, runs: int = 20) -> Footprint:
         InputError: batch_size or runs not positive.
         ModelError: `model` is not a trxsfr model.
     """
+    from trxsfr.base import contract
     from trxsfr.use import classifier
-    from trxsfr.lite import is_tflite
 
     if batch_size < 1 or runs < 1:
         raise InputError("--batch_size and --runs must be positive")
-    if not is_tflite(model):  # loaded before the first reading: the runtime's memory is not the model's
+    if not contract.is_tflite(model):  # loaded before the first reading: the runtime's memory is not the model's
         importlib.import_module("tensorflow")
 
     before = rss_bytes()
@@ -130,7 +113,7 @@ def measure(model: str, batch_size: int = 32, runs: int = 20) -> Footprint:
     single_ms = sorted(1000 * t for t in single)
     return Footprint(
         path=clf.path, format=clf.format, runtime=clf.runtime,
-        quantize=clf.quantize, module=(clf.metadata.get("module") or {}).get("handle"),
+        quantize=clf.quantize, module=clf.info.module.handle,
         labels=list(clf.labels), image_size=tuple(clf.image_size), parameters=clf.parameter_count(),
         disk_bytes=disk_bytes(clf.path), load_seconds=clf.load_seconds,
         rss_before_load_bytes=before, rss_after_load_bytes=after,

@@ -1,6 +1,6 @@
-"""Convert an exported classifier to TFLite (optionally quantized) and run a .tflite like a SavedModel.
+"""`export-tflite`: convert an exported classifier to TFLite, optionally quantized.
 
-A converted model takes float32 [1, H, W, 3] in [0, 1] (the images that
+`trxsfr.use.interpreter` runs the result like a SavedModel. A converted model takes float32 [1, H, W, 3] in [0, 1] (the images that
 `imaging.decode_and_resize` makes) and returns probabilities float32 [1, C].
 Decoding stays outside the model, in the same TF function that training and
 `label` use, so a .tflite is evaluated on exactly the pixels the SavedModel sees.
@@ -9,14 +9,14 @@ Beside `model.tflite` the export writes two small files (never the model alone):
 
 - `model.labels.txt`: the labels, one per line, in class-id order (the usual
   TFLite image-classification companion file);
-- `model.trxsfr.json`: the source model's metadata plus how it was converted.
+- `model.trxsfr.json`: the source model's ModelInfo plus how it was converted.
 
 Several variants (none, dynamic, float16, int8) can therefore share a folder.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
 import time
@@ -24,24 +24,17 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from trxsfr.cli import native_stderr
-from trxsfr.use.classifier import Classifier, read_labels, read_metadata
-from trxsfr.base.errors import ExportError, InputError, ModelError, first_line
-from trxsfr.train.export import labels_text
+from trxsfr.base import contract
+from trxsfr.base.contract import TFLiteInfo, labels_text
+from trxsfr.base.errors import ExportError, InputError, first_line
 from trxsfr.base.files import write_new
+from trxsfr.use.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
 QUANTIZE_MODES = ("none", "dynamic", "float16", "int8", "int8_per_tensor")
 CALIBRATED_MODES = ("int8", "int8_per_tensor")
-SUFFIX = ".tflite"
 MAX_REPRESENTATIVE_IMAGES = 200
-
-
-def sidecar_paths(tflite_path: str) -> tuple[str, str]:
-    """(labels file, metadata file) that live beside `tflite_path`."""
-    stem = tflite_path[: -len(SUFFIX)] if tflite_path.endswith(SUFFIX) else tflite_path
-    return stem + ".labels.txt", stem + ".trxsfr.json"
 
 
 def _representative_images(image_dir: str, size: tuple[int, int], limit: int) -> list[np.ndarray]:
@@ -50,8 +43,7 @@ def _representative_images(image_dir: str, size: tuple[int, int], limit: int) ->
     Files are spread over the whole sorted listing (every k-th), so calibration
     sees every class folder, and decoded by `imaging.decode_and_resize`.
     """
-    from trxsfr.base import listing
-    from trxsfr.base import imaging
+    from trxsfr.base import imaging, listing
 
     if not os.path.isdir(image_dir):
         raise InputError(f"--representative_dir {image_dir} is not a directory")
@@ -100,22 +92,22 @@ def convert(model: str, out: str, quantize: str = "none",
 
     if quantize not in QUANTIZE_MODES:
         raise InputError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize}")
-    if not out.endswith(SUFFIX):
-        raise InputError(f"--out {out} must end in {SUFFIX}")
+    if not out.endswith(contract.TFLITE_SUFFIX):
+        raise InputError(f"--out {out} must end in {contract.TFLITE_SUFFIX}")
     if max_representative_images < 1:
         raise InputError("--max_representative_images must be positive")
     if quantize in CALIBRATED_MODES and not representative_dir:
         raise InputError(f"--quantize {quantize} calibrates activations on real images: "
                          f"pass --representative_dir (e.g. your training image folder)")
-    labels_path, meta_path = sidecar_paths(out)
+    labels_path, meta_path = contract.tflite_sidecars(out)
     for path in (out, labels_path, meta_path):
         if os.path.exists(path):
             raise ExportError(f"{path} already exists; pass a new --out (nothing is overwritten)")
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise ExportError(f"folder {parent} of --out does not exist")
-    if is_tflite(model):
-        raise InputError(f"--model {model} is already a {SUFFIX}; export-tflite converts the "
+    if contract.is_tflite(model):
+        raise InputError(f"--model {model} is already a {contract.TFLITE_SUFFIX}; export-tflite converts the "
                          f"SavedModel it came from (its version dir or base dir)")
 
     clf = Classifier(model)
@@ -166,15 +158,12 @@ def convert(model: str, out: str, quantize: str = "none",
                           f"{first_line(e, 300)}") from e
     seconds = time.perf_counter() - start
 
-    metadata = dict(clf.metadata)
-    metadata["labels"] = list(clf.labels)
-    metadata["tflite"] = {
-        "quantize": quantize, "source_model": os.path.abspath(clf.path),
-        "image_size": [height, width], "calibration_images": calibration_count,
-        "tensorflow_version": tf.__version__, "created": int(time.time()),
-    }
+    info = dataclasses.replace(clf.info, labels=tuple(clf.labels), tflite=TFLiteInfo(
+        quantize=quantize, source_model=os.path.abspath(clf.path), image_size=(height, width),
+        calibration_images=calibration_count, tensorflow_version=tf.__version__,
+        created=int(time.time())))
     _write_new(labels_path, labels_text(clf.labels).encode("utf-8"))
-    _write_new(meta_path, json.dumps(metadata, indent=1, sort_keys=True).encode("utf-8"))
+    _write_new(meta_path, info.dumps().encode("utf-8"))
     _write_new(out, flatbuffer)  # last: a .tflite present means its sidecars are too
     log.info("wrote %s (%s, %.1f MB) in %.1fs", out, quantize, len(flatbuffer) / 1e6, seconds)
     return {"path": out, "labels_path": labels_path, "metadata_path": meta_path,
@@ -190,112 +179,4 @@ def _write_new(path: str, data: bytes) -> None:
         raise ExportError(f"cannot write {path}: {e.strerror}") from e
 
 
-def interpreter_class():
-    """The LiteRT interpreter (`ai-edge-litert`) when installed, else `tf.lite.Interpreter`."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        import tensorflow as tf
-
-        Interpreter = tf.lite.Interpreter
-    return Interpreter
-
-
-class TFLiteClassifier(Classifier):
-    """A .tflite from `export-tflite`, with the interface of `Classifier`.
-
-    `predict_paths` is inherited: files go through the same `imaging.image_dataset`
-    pipeline as for a SavedModel, so the two are compared on identical pixels.
-    """
-
-    forward_streams = 1  # one interpreter, which is not thread-safe
-
-    def __init__(self, path: str, num_threads: Optional[int] = None):
-        if not os.path.exists(path):
-            raise ModelError(f"model {path} does not exist")
-        if not os.path.isfile(path):
-            raise ModelError(f"model {path} is not a .tflite file")
-        self.path = path
-        labels_path, meta_path = sidecar_paths(path)
-        if not os.path.exists(labels_path):
-            raise ModelError(f"{path} has no labels file {labels_path} beside it "
-                             f"(trxsfr export-tflite writes one)")
-        self.labels = read_labels(labels_path)
-        self.metadata = read_metadata(meta_path)
-        start = time.perf_counter()
-        Interpreter = interpreter_class()
-        self._runtime = f"{Interpreter.__module__}.{Interpreter.__name__}"
-        try:
-            with native_stderr.quiet():  # LiteRT's "Created ... XNNPACK delegate" line
-                self._interpreter = Interpreter(model_path=path,
-                                                num_threads=num_threads or os.cpu_count() or 1)
-                self._interpreter.allocate_tensors()
-        except Exception as e:
-            raise ModelError(f"cannot load TFLite model {path}: "
-                             f"{first_line(e)}") from e
-        inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
-        if len(inputs) != 1 or len(inputs[0]["shape"]) != 4 or inputs[0]["shape"][3] != 3:
-            raise ModelError(f"{path} does not take one float [1, H, W, 3] image; "
-                             f"not a trxsfr export-tflite model")
-        if len(outputs) != 1 or outputs[0]["shape"][-1] != len(self.labels):
-            raise ModelError(f"{path} outputs do not match its {len(self.labels)} labels in {labels_path}")
-        self._input, self._output = inputs[0]["index"], outputs[0]["index"]
-        self._batch = int(inputs[0]["shape"][0])
-        self.image_size = (int(inputs[0]["shape"][1]), int(inputs[0]["shape"][2]))
-        self.load_seconds = time.perf_counter() - start
-
-    @property
-    def saved_model(self):
-        raise ModelError(f"{self.path} is a TFLite model; this needs the SavedModel it was "
-                         f"converted from ({self.metadata.get('tflite', {}).get('source_model', 'unknown')})")
-
-    def _set_batch(self, n: int) -> None:
-        if n != self._batch:
-            self._interpreter.resize_tensor_input(self._input, [n, *self.image_size, 3], strict=False)
-            self._interpreter.allocate_tensors()
-            self._batch = n
-
-    def _forward(self, images) -> np.ndarray:
-        images = np.ascontiguousarray(np.asarray(images, np.float32))
-        self._set_batch(len(images))
-        self._interpreter.set_tensor(self._input, images)
-        self._interpreter.invoke()
-        return np.array(self._interpreter.get_tensor(self._output), np.float32)
-
-    format = "tflite"
-
-    @property
-    def runtime(self) -> str:
-        return self._runtime
-
-    @property
-    def quantize(self) -> Optional[str]:
-        return self.metadata.get("tflite", {}).get("quantize")
-
-    def parameter_count(self) -> int:
-        """Weights stored in the file: elements of constant tensors (produced by no op, not an input).
-
-        Counted on a second interpreter without delegates: XNNPACK adds packed
-        copies of the weights to the tensor list of the one that runs.
-        """
-        Interpreter = interpreter_class()
-        if Interpreter.__module__.startswith("ai_edge_litert"):
-            from ai_edge_litert.interpreter import OpResolverType
-        else:
-            import tensorflow as tf
-
-            OpResolverType = tf.lite.experimental.OpResolverType
-        it = Interpreter(model_path=self.path,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        ops = getattr(it, "_get_ops_details", None)  # not public API; absent in some runtimes
-        if ops is None:
-            return int(self.metadata.get("parameters", 0))
-        produced = {int(t) for op in ops() for t in op["outputs"]}
-        produced.update(int(d["index"]) for d in it.get_input_details())
-        return int(sum(int(np.prod(t["shape"])) for t in it.get_tensor_details()
-                       if t["index"] not in produced and len(t["shape"])))
-
-
-def is_tflite(path: str) -> bool:
-    return str(path).endswith(SUFFIX)
 

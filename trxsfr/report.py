@@ -1,7 +1,7 @@
 """The analysis report: one self-contained HTML file about a `label` run.
 
-Input is the document `trxsfr label --format json` prints (or a `LabelReport`,
-which gives the same document). Everything the page shows is inside the file:
+Input is a `LabelRun`: what `label --report` found, or the document
+`trxsfr label --format json` printed, read back with `LabelRun.from_json`. Everything the page shows is inside the file:
 figures are PNGs drawn with matplotlib's Agg renderer and thumbnails are small
 JPEGs, both inlined as base64 data URIs, and there is no script, font or style
 sheet to fetch. A person opens it in any browser, offline.
@@ -17,16 +17,15 @@ import io
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 
 from trxsfr.base import files
+from trxsfr.base.contract import ModelInfo
 from trxsfr.base.errors import InputError, first_line
 from trxsfr.base.files import write_new
-
-if TYPE_CHECKING:
-    from trxsfr.use.labeling import LabelReport
+from trxsfr.use.labeling import LabelRun
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ MAX_MATRIX_ANNOTATED = 25  # classes beyond which numbers in the picture are unr
 # ---------------------------------------------------------------- input
 
 
-def load_label_json(path: str) -> dict:
+def load_label_json(path: str) -> LabelRun:
     """Read and check a document printed by `trxsfr label --format json`.
 
     Raises:
@@ -60,41 +59,7 @@ def load_label_json(path: str) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path} is not JSON ({e}); pass the output of "
                          f"`trxsfr label --format json`") from e
-    check_document(doc, path)
-    return doc
-
-
-def check_document(doc, source: str = "the document") -> None:
-    """Raises InputError unless `doc` has the shape `LabelReport.to_json` gives it."""
-    what = f"{source} is not the output of `trxsfr label --format json`"
-    if not isinstance(doc, dict):
-        raise InputError(f"{what}: expected a JSON object")
-    for key, kind in (("labels", list), ("predictions", list), ("metadata", dict)):
-        if not isinstance(doc.get(key), kind):
-            raise InputError(f"{what}: no '{key}' {kind.__name__}")
-    n = len(doc["labels"])
-    for i, p in enumerate(doc["predictions"]):
-        probs = p.get("probabilities") if isinstance(p, dict) else None
-        if not isinstance(probs, list) or len(probs) != n or "path" not in p:
-            raise InputError(f"{what}: prediction {i} lacks a path or {n} probabilities")
-        if p.get("true_label") is not None and p["true_label"] not in doc["labels"]:
-            raise InputError(f"{what}: prediction {i} has unknown true_label {p['true_label']!r}")
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in probs):
-            raise InputError(f"{what}: prediction {i} has probabilities that are not numbers")
-    evaluation = doc.get("evaluation")
-    if evaluation is not None:
-        fields = ("accuracy", "count", "per_class", "confusion_matrix")
-        if not isinstance(evaluation, dict) or any(k not in evaluation for k in fields):
-            raise InputError(f"{what}: 'evaluation' must be null or an object with "
-                             f"{', '.join(fields)}")
-    meta = doc["metadata"]
-    history = meta.get("history") or []
-    if not isinstance(history, list) or \
-            not all(isinstance(row, dict) and "step" in row for row in history):
-        raise InputError(f"{what}: metadata 'history' must be a list of objects with a 'step'")
-    created = meta.get("created")
-    if created is not None and (not isinstance(created, (int, float)) or isinstance(created, bool)):
-        raise InputError(f"{what}: metadata 'created' must be a unix time, got {created!r}")
+    return LabelRun.from_json(doc, path)
 
 
 def check_output(path: str) -> None:
@@ -321,21 +286,18 @@ def _card(title: str, body: str) -> str:
 
 
 def _summary(doc: dict, rows: list[_Row]) -> str:
-    meta = doc.get("metadata") or {}
-    module = meta.get("module") or {}
-    config = meta.get("config") or {}
-    metrics = meta.get("metrics") or {}
-    created = meta.get("created")
-    size = module.get("image_size")
+    info = ModelInfo.from_json(doc.get("metadata") or {})
+    module, config, metrics, created = info.module, info.config, info.metrics, info.created
+    size = module.image_size
     run = [
         ("model", doc.get("model", "?")),
         ("version", doc.get("version", "?")),
         ("created", datetime.datetime.fromtimestamp(created, datetime.timezone.utc)
          .strftime("%Y-%m-%d %H:%M UTC") if created else "–"),
-        ("trxsfr version", meta.get("trxsfr_version", "–")),
-        ("module", module.get("handle", "–")),
+        ("trxsfr version", info.trxsfr_version or "–"),
+        ("module", module.handle or "–"),
         ("image size", f"{size[0]}×{size[1]}" if size else "–"),
-        ("feature dimension", module.get("feature_dim", "–")),
+        ("feature dimension", module.feature_dim or "–"),
         ("classes", len(doc["labels"])),
     ]
     hparams = [(k, "–" if v is None else v) for k, v in (
@@ -369,7 +331,7 @@ def _summary(doc: dict, rows: list[_Row]) -> str:
              _card("Training hyper-parameters", _kv_table(hparams, "summary-hparams")),
              _card("Metrics at training time", _kv_table(trained, "summary-training-metrics")),
              _card("This label run", _kv_table(this_run, "summary-run"))]
-    splits = meta.get("split_counts")
+    splits = info.split_counts
     if splits:
         body = "".join(
             f"<tr><th>{_e(label)}</th>" + "".join(
@@ -503,7 +465,7 @@ def _calibration(rows: list[_Row]) -> str:
 
 
 def _training(doc: dict) -> str:
-    history = (doc.get("metadata") or {}).get("history") or []
+    history = ModelInfo.from_json(doc.get("metadata") or {}).history
     if not history:
         return ('<section id="training"><h2>Training curves</h2><p class="note">The model\'s '
                 "metadata holds no training history (models exported by trxsfr retrain carry "
@@ -520,7 +482,7 @@ def render(doc: dict, thumbnails: int = DEFAULT_THUMBNAILS,
     """The report page for one label document.
 
     Args:
-        doc: what `LabelReport.to_json` returns (checked with `check_document`).
+        doc: what `LabelRun.to_json` returns.
         thumbnails: most thumbnails per gallery; longer lists go on as a table.
         base_dirs: where to look for images whose relative path does not resolve
             from the working directory (e.g. the folder of a saved JSON).
@@ -528,7 +490,6 @@ def render(doc: dict, thumbnails: int = DEFAULT_THUMBNAILS,
     Returns:
         (HTML text, {"thumbnails": made, "missing_images": unreadable}).
     """
-    check_document(doc)
     labels = doc["labels"]
     rows = _rows(doc)
     images = _Images(base_dirs)
@@ -593,9 +554,9 @@ def write_from_file(label_json: str, out_path: str,
             deep inside it with another shape than `label` writes (e.g. edited by hand).
     """
     check_settings(out_path, thumbnails)
-    doc = load_label_json(label_json)
+    run = load_label_json(label_json)
     try:
-        return write(doc, out_path, thumbnails,
+        return write(run, out_path, thumbnails,
                      base_dirs=[os.path.dirname(os.path.abspath(label_json))])
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         raise InputError(f"{label_json} is not the output of `trxsfr label --format json`: "
@@ -603,19 +564,19 @@ def write_from_file(label_json: str, out_path: str,
                          f"{first_line(e, 120)})") from e
 
 
-def write(source: Union[dict, "LabelReport"], out_path: str, thumbnails: int = DEFAULT_THUMBNAILS,
+def write(run: LabelRun, out_path: str, thumbnails: int = DEFAULT_THUMBNAILS,
           base_dirs: Sequence[str] = (), top_k: int = 5) -> Written:
     """Render a report and write it to a new file `out_path`.
 
     Args:
-        source: a `labeling.LabelReport` or the dict its `to_json` returns.
+        run: what `label` found (`labeling.run`, or `LabelRun.from_json` of its JSON).
         out_path: must not exist; the file appears whole or not at all.
 
     Raises:
         InputError: `out_path` exists, cannot be written, or `source` is not a label run.
     """
     check_settings(out_path, thumbnails)
-    doc = source.to_json(top_k) if hasattr(source, "to_json") else source
+    doc = run.to_json(top_k)
     text, counts = render(doc, thumbnails, base_dirs)
     data = text.encode("utf-8")
     try:

@@ -1,9 +1,17 @@
-"""Every default in one place: argparse reads its defaults from these dataclasses."""
+"""Every default in one place, with its checks: argparse reads its defaults from these
+dataclasses, and `check()` gives Python callers and the CLI the same one-line errors."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+import math
+from typing import Callable, Optional
+
+from trxsfr.base.errors import InputError
+
+# How the library reports progress: on_progress(stage, done, total) after each step of
+# work, `done` new units (images, steps) out of `total`; the CLI draws the bars.
+ProgressFn = Callable[[str, int, int], None]
 
 DEFAULT_MODULE = "mobilenet_v2_100_224"
 # Images per forward pass of extraction and `label`; two such passes run at once
@@ -54,7 +62,59 @@ class RetrainConfig:
     output_labels: Optional[str] = None
     print_misclassified_test_images: bool = False
     seed: int = 0
-    progress: bool = True
+
+    def swept(self, name: str) -> tuple:
+        """The values a setting takes in this run: the sweep's, or the single one."""
+        return dict(self.sweep).get(name, (getattr(self, name),))
+
+    def recorded(self) -> dict:
+        """The settings as the exported model records them (the sweep apart)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "sweep"}
+
+    @property
+    def distorts(self) -> bool:
+        return bool(self.flip_left_right or self.random_crop or self.random_scale
+                    or self.random_brightness)
+
+    def check(self) -> None:
+        """Raise InputError for a setting no run can use (each value of a sweep included),
+        before any file is read; the message names the flag."""
+        for name in ("learning_rate", "l2", "label_smoothing", "dropout",
+                     "fine_tune_learning_rate"):
+            for v in self.swept(name):  # NaN passes every comparison below; inf trains NaN
+                if not math.isfinite(v):
+                    raise InputError(f"--{name} must be a finite number, got {v}")
+        for name in ("how_many_training_steps", "train_batch_size", "bottleneck_batch_size",
+                     "learning_rate"):
+            for v in self.swept(name):
+                if name == "train_batch_size" and v == -1:
+                    continue  # the whole training split, as in retrain.py
+                if v <= 0:
+                    raise InputError(f"--{name} must be positive, got {v}")
+        for name in ("label_smoothing", "dropout"):
+            for v in self.swept(name):
+                if not 0 <= v < 1:
+                    raise InputError(f"--{name} must be in [0, 1), got {v}")
+        for name in ("l2", "early_stopping_patience", "seed"):
+            for v in self.swept(name):
+                if v < 0:
+                    raise InputError(f"--{name} must be >= 0, got {v}")
+        for name in ("eval_step_interval", "image_size"):  # None: derived
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise InputError(f"--{name} must be positive, got {v}")
+        for name in ("random_crop", "random_scale", "random_brightness"):
+            value = getattr(self, name)
+            if not 0 <= value < 100:
+                raise InputError(f"--{name} is a percentage in [0, 100), got {value}")
+        if self.distorts and self.augment_copies < 1:
+            raise InputError(f"--augment_copies must be at least 1, got {self.augment_copies}")
+        if self.fine_tune_steps < 0:
+            raise InputError(f"--fine_tune_steps must be >= 0, got {self.fine_tune_steps}")
+        if self.fine_tune_steps and (self.fine_tune_learning_rate <= 0
+                                     or self.fine_tune_batch_size <= 0):
+            raise InputError("--fine_tune_learning_rate and --fine_tune_batch_size must be "
+                             "positive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +126,14 @@ class LabelConfig:
     top_k: int = 5
     batch_size: int = FORWARD_BATCH_SIZE
     min_accuracy: Optional[float] = None
-    progress: bool = True
+
+    def check(self) -> None:
+        if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
+            raise InputError(f"--min_accuracy is a fraction in [0, 1], got {self.min_accuracy}")
+        if self.top_k <= 0 or self.batch_size <= 0:
+            raise InputError("--top_k and --batch_size must be positive")
+        if not self.inputs:
+            raise InputError("nothing to label: pass image files or folders (or --image FILE)")
 
 
 def default_eval_interval(steps: int) -> int:

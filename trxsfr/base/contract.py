@@ -84,9 +84,9 @@ class ModuleInfo:
     feature_dim: Optional[int] = None
 
     def to_json(self) -> dict:
-        return {"handle": self.handle, "fingerprint": self.fingerprint,
-                "image_size": list(self.image_size) if self.image_size else None,
-                "feature_dim": self.feature_dim}
+        return {"feature_dim": self.feature_dim, "fingerprint": self.fingerprint,
+                "handle": self.handle,
+                "image_size": list(self.image_size) if self.image_size else None}
 
     @classmethod
     def from_json(cls, doc: Any) -> "ModuleInfo":
@@ -109,10 +109,10 @@ class TFLiteInfo:
     created: Optional[int] = None
 
     def to_json(self) -> dict:
-        return {"quantize": self.quantize, "source_model": self.source_model,
+        return {"calibration_images": self.calibration_images, "created": self.created,
                 "image_size": list(self.image_size) if self.image_size else None,
-                "calibration_images": self.calibration_images,
-                "tensorflow_version": self.tensorflow_version, "created": self.created}
+                "quantize": self.quantize, "source_model": self.source_model,
+                "tensorflow_version": self.tensorflow_version}
 
     @classmethod
     def from_json(cls, doc: Any) -> Optional["TFLiteInfo"]:

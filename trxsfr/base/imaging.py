@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
 import os
-import sys
 import threading
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from trxsfr.base.listing import FORMAT_NAMES
 from trxsfr.base.errors import first_line
+from trxsfr.base.listing import FORMAT_NAMES
 
 # Bump when decode_and_resize changes what it computes: it is part of the cache key.
 PREPROCESSING_VERSION = "jpeg-dct-scaled+bilinear-v2"
@@ -104,67 +102,31 @@ def decode_batch(image_bytes: tf.Tensor, size: tuple[int, int],
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class Distortion:
-    """TF retrain.py's training distortions; percentages as in its flags."""
-
-    flip_left_right: bool = False
-    random_crop: float = 0.0  # margin cropped off, % of the image size
-    random_scale: float = 0.0  # up to this % larger before the crop
-    random_brightness: float = 0.0  # pixels multiplied by 1 ± up to this %
-
-    @property
-    def active(self) -> bool:
-        return bool(self.flip_left_right or self.random_crop or self.random_scale
-                    or self.random_brightness)
-
-    def spec(self) -> str:
-        """Identifies what the distortion computes; part of a variant's cache key."""
-        return (f"distort-v1 flip={int(self.flip_left_right)} crop={self.random_crop:g} "
-                f"scale={self.random_scale:g} brightness={self.random_brightness:g}")
-
-
-def distort(image_bytes: tf.Tensor, size: tuple[int, int], d: Distortion, seed: tf.Tensor) -> tf.Tensor:
-    """A randomly distorted training view of one image, fixed by `seed` (int64 [2]).
-
-    As retrain.py: scale up by the crop margin and a random factor, crop a
-    random window of `size`, maybe flip, multiply brightness; then clip to [0, 1].
-    """
-    seeds = tf.random.experimental.stateless_split(seed, 4)
-    image = tf.image.convert_image_dtype(decode_rgb(image_bytes, size), tf.float32)
-    scale = (1.0 + d.random_crop / 100.0) * tf.random.stateless_uniform(
-        [], seeds[0], 1.0, 1.0 + d.random_scale / 100.0 + 1e-9)
-    precrop = tf.cast(tf.math.ceil(scale * tf.constant(size, tf.float32)), tf.int32)
-    image = tf.image.resize(image, precrop, method="bilinear", antialias=True)
-    image = tf.image.stateless_random_crop(image, [size[0], size[1], 3], seeds[1])
-    if d.flip_left_right:
-        image = tf.image.stateless_random_flip_left_right(image, seeds[2])
-    if d.random_brightness:
-        image *= tf.random.stateless_uniform([], seeds[3], 1.0 - d.random_brightness / 100.0,
-                                             1.0 + d.random_brightness / 100.0)
-    return tf.clip_by_value(image, 0.0, 1.0)
+# A seeded view of one image: (encoded bytes, (height, width), int64 [2] seed) ->
+# float32 [H, W, 3] in [0, 1]; training's distortions are one (train/augment.py).
+SeededView = Callable[[tf.Tensor, tuple[int, int], tf.Tensor], tf.Tensor]
 
 
 def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int,
-                  distortion: Optional[Distortion] = None,
+                  view: Optional[SeededView] = None,
                   seeds: Optional[np.ndarray] = None) -> tf.data.Dataset:
     """Files -> batches of (int64 [B] positions in `paths`, float32 [B, H, W, 3] in [0, 1]).
 
     Decoding runs in parallel and overlaps whatever consumes the batches. Files
     that do not decode are dropped; the positions say which ones came through
-    (ask `decode_error` why the others did not). With `distortion`, file i is
-    distorted with seed `seeds[i]` (int64 [N, 2]) instead of plainly resized.
+    (ask `decode_error` why the others did not). With `view`, file i becomes
+    `view(bytes, size, seeds[i])` (seeds int64 [N, 2]) instead of `decode_and_resize`.
     """
     positions = tf.range(len(paths), dtype=tf.int64)
     files = tf.constant(list(paths), tf.string)
-    if distortion is None:
+    if view is None:
         def load(pos, path):
             return pos, decode_and_resize(tf.io.read_file(path), size)
 
         ds = tf.data.Dataset.from_tensor_slices((positions, files))
     else:
         def load(pos, path, seed):
-            return pos, distort(tf.io.read_file(path), size, distortion, seed)
+            return pos, view(tf.io.read_file(path), size, seed)
 
         ds = tf.data.Dataset.from_tensor_slices((positions, files, tf.constant(seeds, tf.int64)))
     # The functions use tf.cond/switch_case themselves: AutoGraph's conversion would only
@@ -309,11 +271,3 @@ def decode_error(path: str, size: tuple[int, int]) -> str:
     except Exception as e:  # TF raises InvalidArgumentError etc. with its own words
         return decode_reason(e) or "cannot decode: " + first_line(e, 160)
     return "cannot decode"
-
-
-def progress_bar(total: int, desc: str, enabled: bool):
-    """tqdm on stderr, shown only when stderr is a terminal and progress is wanted."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr,
-                disable=not enabled or not sys.stderr.isatty(), smoothing=0.1)

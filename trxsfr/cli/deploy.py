@@ -10,9 +10,10 @@ import argparse
 import json
 import logging
 
-from trxsfr.cli import EXIT_OK, _Formatter, _out
 from trxsfr.base.config import LabelConfig
 from trxsfr.base.errors import InputError
+from trxsfr.cli import process
+from trxsfr.cli.common import EXIT_OK, Formatter, out
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def add_serve_parser(sub) -> None:
     from trxsfr.serve.app import ServeConfig as d
 
     p = sub.add_parser(
-        "serve", formatter_class=_Formatter,
+        "serve", formatter_class=Formatter,
         help="Serve a model base directory over TensorFlow Serving's REST API, with an upload page.",
         description=(
             "Serves the highest numbered version under --model_base_path at\n"
@@ -108,7 +109,7 @@ def run_serve(args) -> int:
     )
     def ready(url: str, version: int) -> None:
         # The one stdout line: scripts read the address from it (useful with --port 0).
-        _out(f"serving model {config.model_name} version {version} at {url}/v1/models/"
+        out(f"serving model {config.model_name} version {version} at {url}/v1/models/"
              f"{config.model_name} (upload page: {url}/)")
 
     serving.serve(config, on_ready=ready)
@@ -121,7 +122,7 @@ def add_export_tflite_parser(sub) -> None:
     from trxsfr.lite import MAX_REPRESENTATIVE_IMAGES, QUANTIZE_MODES
 
     p = sub.add_parser(
-        "export-tflite", formatter_class=_Formatter,
+        "export-tflite", formatter_class=Formatter,
         help="Convert an exported model to TFLite, optionally quantized, with its labels beside it.",
         description=(
             "Writes OUT (input float32 [1, H, W, 3] in [0, 1], output probabilities [1, C]),\n"
@@ -160,11 +161,11 @@ def run_export_tflite(args) -> int:
         log.warning("--representative_dir is only used by the int8 modes; ignoring it")
     result = lite.convert(args.model, args.out, args.quantize, args.representative_dir,
                             args.max_representative_images)
-    _out(f"Quantization: {result['quantize']}")
-    _out(f"Size: {result['bytes'] / 1e6:.2f} MB ({result['bytes']:,} bytes)")
-    _out(f"Labels: {result['labels_path']}")
-    _out(f"Metadata: {result['metadata_path']}")
-    _out(result["path"])
+    out(f"Quantization: {result['quantize']}")
+    out(f"Size: {result['bytes'] / 1e6:.2f} MB ({result['bytes']:,} bytes)")
+    out(f"Labels: {result['labels_path']}")
+    out(f"Metadata: {result['metadata_path']}")
+    out(result["path"])
     return EXIT_OK
 
 
@@ -172,7 +173,7 @@ def run_export_tflite(args) -> int:
 
 def add_info_parser(sub) -> None:
     p = sub.add_parser(
-        "info", formatter_class=_Formatter,
+        "info", formatter_class=Formatter,
         help="Footprint of a SavedModel or .tflite: size, memory, load time, latency, throughput.",
         description=(
             "Loads MODEL in this process and reports its module, labels, image size,\n"
@@ -197,10 +198,29 @@ def add_info_parser(sub) -> None:
 def run_info(args) -> int:
     from trxsfr.info import measure
 
-    fp = measure(args.model, args.batch_size, args.runs)
+    fp = process.quietly(measure, args.model, args.batch_size, args.runs)
     if args.format == "json":
-        _out(json.dumps(fp.to_json(), indent=1))
+        out(json.dumps(fp.to_json(), indent=1))
     else:
-        for line in fp.text_lines():
-            _out(line)
+        for line in info_lines(fp):
+            out(line)
     return EXIT_OK
+
+
+def info_lines(fp) -> list[str]:
+    """`trxsfr info`'s text: one figure a line."""
+    mb = 1024 * 1024
+    return [
+        f"Model: {fp.path} ({fp.format}{', quantize ' + fp.quantize if fp.quantize else ''})",
+        f"Runtime: {fp.runtime}",
+        f"Module: {fp.module or 'unknown'}",
+        f"Labels ({len(fp.labels)}): {', '.join(fp.labels)}",
+        f"Image size: {fp.image_size[0]}x{fp.image_size[1]}",
+        f"Parameters: {fp.parameters:,}",
+        f"Size on disk: {fp.disk_bytes / mb:.2f} MiB ({fp.disk_bytes:,} bytes)",
+        f"Load time: {fp.load_seconds:.3f} s",
+        f"Resident memory after load: {fp.rss_after_load_bytes / mb:.0f} MiB "
+        f"(+{(fp.rss_after_load_bytes - fp.rss_before_load_bytes) / mb:.0f} MiB for the model)",
+        f"Latency, 1 image: {fp.latency_ms_p50:.2f} ms median, {fp.latency_ms_p90:.2f} ms p90",
+        f"Throughput, batch {fp.batch_size}: {fp.throughput_images_per_s:.1f} images/s",
+    ]

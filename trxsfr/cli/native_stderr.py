@@ -3,8 +3,8 @@
 Their INFO lines go straight to file descriptor 2, past Python's `sys.stderr`, and
 neither `TF_CPP_MIN_LOG_LEVEL` (since absl took over TensorFlow's logging,
 tensorflow/tensorflow#100442) nor any LiteRT setting silences all of them. The CLI
-turns this on (`enabled`), so that a failing command's stderr is its one error line;
-the library leaves a caller's stderr alone unless asked.
+turns this on (`enabled`) around TensorFlow's import and model loading, so that a
+failing command's stderr is its one error line; the library never touches stderr.
 """
 
 from __future__ import annotations

@@ -51,10 +51,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from trxsfr.use.classifier import versions
-from trxsfr.base.listing import FORMAT_NAMES
+from trxsfr.base.contract import SIGNATURE_BYTES, SIGNATURE_IMAGES, versions
 from trxsfr.base.errors import InputError, ModelError, TrxsfrError, first_line
-from trxsfr.train.export import SIGNATURE_BYTES, SIGNATURE_IMAGES
+from trxsfr.base.listing import FORMAT_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -30,15 +30,15 @@ import threading
 import time
 import uuid
 import zlib
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from trxsfr.base import files
-from trxsfr.base import imaging
-from trxsfr.base.config import FORWARD_BATCH_SIZE
-from trxsfr.base.listing import Skipped
+from trxsfr.base import files, imaging
+from trxsfr.base.config import FORWARD_BATCH_SIZE, ProgressFn
 from trxsfr.base.errors import InputError, first_line
+from trxsfr.base.listing import Skipped
+from trxsfr.train import augment
 
 log = logging.getLogger(__name__)
 
@@ -374,9 +374,8 @@ def ensure(
     extractor,
     store: BottleneckStore,
     batch_size: int = FORWARD_BATCH_SIZE,
-    progress: bool = True,
-    on_batch: Optional[Callable[[int], None]] = None,
-    distortion: Optional[imaging.Distortion] = None,
+    on_progress: Optional[ProgressFn] = None,
+    distortion: Optional[augment.Distortion] = None,
     copies: int = 0,
 ) -> EnsureResult:
     """Make sure every image in `paths` has a cached vector; return all vectors.
@@ -386,8 +385,8 @@ def ensure(
         extractor: modules.Extractor.
         store: its BottleneckStore.
         batch_size: images per forward pass.
-        progress: draw a progress bar (only when stderr is a terminal).
-        on_batch: called with the running count of computed vectors (tests, benchmarks).
+        on_progress: told of each batch of computed vectors ("bottlenecks", or
+            "augmented views" with `distortion`).
         distortion, copies: instead of each image's plain vector, `copies` vectors of
             distorted views per image (keyed by content, distortion and view index,
             so a rerun with the same flags computes nothing). Rows are grouped per
@@ -411,16 +410,16 @@ def ensure(
         if distortion is not None:
             seeds = np.stack([np.frombuffer(jobs[j][1][:16], np.int64) for j in missing])
         ds = imaging.image_dataset([paths[jobs[j][0]] for j in missing], extractor.image_size,
-                                   batch_size, distortion, seeds)
+                                   batch_size, augment.view_of(distortion) if distortion else None,
+                                   seeds)
         returned = np.zeros(len(missing), bool)
-        with imaging.progress_bar(len(missing), "bottlenecks", progress) as bar:
-            for pos, vectors in imaging.map_batches(ds, lambda x: extractor(x).numpy()):
-                returned[pos] = True
-                store.put_many([jobs[missing[p]][1] for p in pos], vectors)
-                computed += len(pos)
-                bar.update(len(pos))
-                if on_batch:
-                    on_batch(computed)
+        stage = "augmented views" if distortion is not None else "bottlenecks"
+        for pos, vectors in imaging.map_batches(ds, lambda x: extractor(x).numpy()):
+            returned[pos] = True
+            store.put_many([jobs[missing[p]][1] for p in pos], vectors)
+            computed += len(pos)
+            if on_progress:
+                on_progress(stage, len(pos), len(missing))
         bad_keys = {}
         for p in np.flatnonzero(~returned):
             i = jobs[missing[p]][0]
@@ -435,7 +434,7 @@ def ensure(
     if bad:  # records damaged on disk: compute those again, once
         log.warning("%d cached vectors failed their checksum; computing them again", len(bad))
         redo = sorted({jobs[b][0] for b in bad})
-        again = ensure([paths[i] for i in redo], extractor, store, batch_size, False, None,
+        again = ensure([paths[i] for i in redo], extractor, store, batch_size, None,
                        distortion, copies)
         if again.failed or again.computed < len({jobs[b][1] for b in bad}):  # distinct keys
             raise InputError(f"bottleneck cache {store.dir} is damaged and cannot be repaired "

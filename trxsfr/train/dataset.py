@@ -7,12 +7,18 @@ import enum
 import hashlib
 import os
 import re
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from trxsfr.base.errors import DatasetError
-from trxsfr.base.listing import (IMAGE_EXTENSIONS, Skipped, check_dir, class_dirs, is_image_name,
-                                 list_files, not_an_image)
-
+from trxsfr.base.listing import (
+    IMAGE_EXTENSIONS,
+    Skipped,
+    check_dir,
+    class_dirs,
+    is_image_name,
+    list_files,
+    not_an_image,
+)
 
 # Same constant as TF's retrain.py, so splits match the codelab's for flat class folders.
 _MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1

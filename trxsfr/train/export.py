@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import time
 import uuid
 from typing import Sequence
 
 import numpy as np
 
-from trxsfr.base import files
+from trxsfr.base import contract, files
+from trxsfr.base.contract import ModelInfo, labels_text
 from trxsfr.base.errors import ExportError
 from trxsfr.base.files import write_new
 
 log = logging.getLogger(__name__)
 
-LABELS_FILE = "labels.txt"
-METADATA_FILE = "trxsfr.json"
-SIGNATURE_BYTES = "serving_default"
-SIGNATURE_IMAGES = "predict_images"
-
 
 def build_module(extractor, weights: np.ndarray, bias: np.ndarray, labels: Sequence[str],
                  asset_paths: Sequence[str]):
-    """A tf.Module: extractor + new layer, with both serving signatures as tf.functions."""
+    """A tf.Module: extractor + new layer, with both serving signatures as tf.functions.
+
+    Its attribute, input and output names are those `trxsfr.base.contract` states.
+    """
     import tensorflow as tf
 
     from trxsfr.base.imaging import decode_batch
@@ -36,26 +33,30 @@ def build_module(extractor, weights: np.ndarray, bias: np.ndarray, labels: Seque
     class ImageClassifier(tf.Module):
         def __init__(self):
             super().__init__(name="trxsfr_classifier")
-            self.extractor = extractor.module
-            self.weights = tf.Variable(weights, name="final_layer/weights")
-            self.bias = tf.Variable(bias, name="final_layer/biases")
+            setattr(self, contract.ATTR_EXTRACTOR, extractor.module)
+            setattr(self, contract.ATTR_WEIGHTS, tf.Variable(weights, name="final_layer/weights"))
+            setattr(self, contract.ATTR_BIAS, tf.Variable(bias, name="final_layer/biases"))
             self.label_strings = tf.constant(list(labels), tf.string)
             self.assets = [tf.saved_model.Asset(p) for p in asset_paths]
 
-        @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="images")])
+        @tf.function(input_signature=[
+            tf.TensorSpec([None, height, width, 3], tf.float32, name=contract.INPUT_IMAGES)])
         def predict_images(self, images):
             """float32 [N, H, W, 3] in [0, 1] -> probabilities and ranked classes."""
-            features = self.extractor(images)
-            probabilities = tf.nn.softmax(tf.matmul(features, self.weights) + self.bias)
+            features = getattr(self, contract.ATTR_EXTRACTOR)(images)
+            logits = (tf.matmul(features, getattr(self, contract.ATTR_WEIGHTS))
+                      + getattr(self, contract.ATTR_BIAS))
+            probabilities = tf.nn.softmax(logits)
             scores, class_ids = tf.math.top_k(probabilities, k=len(labels))
             return {
-                "probabilities": probabilities,
-                "classes": tf.gather(self.label_strings, class_ids),
-                "class_ids": tf.cast(class_ids, tf.int64),
-                "scores": scores,
+                contract.OUTPUT_PROBABILITIES: probabilities,
+                contract.OUTPUT_CLASSES: tf.gather(self.label_strings, class_ids),
+                contract.OUTPUT_CLASS_IDS: tf.cast(class_ids, tf.int64),
+                contract.OUTPUT_SCORES: scores,
             }
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        @tf.function(input_signature=[
+            tf.TensorSpec([None], tf.string, name=contract.INPUT_BYTES)])
         def predict_bytes(self, image_bytes):
             """Encoded JPEG/PNG/GIF/BMP/WebP bytes [N] -> as predict_images."""
             return self.predict_images(decode_batch(image_bytes, (height, width)))
@@ -63,17 +64,12 @@ def build_module(extractor, weights: np.ndarray, bias: np.ndarray, labels: Seque
     return ImageClassifier()
 
 
-def _next_version(base_dir: str) -> int:
-    existing = [int(n) for n in os.listdir(base_dir) if n.isdigit()]
-    return max([int(time.time())] + [v + 1 for v in existing])
-
-
 def check_base_dir(base_dir: str) -> None:
     """Raises InputError if a file is where the model versions' folder would be."""
     files.check_folder(base_dir, "--saved_model_dir")
 
 
-def save_versioned(extractor, weights, bias, labels: Sequence[str], metadata: dict,
+def save_versioned(extractor, weights, bias, labels: Sequence[str], info: ModelInfo,
                    base_dir: str) -> str:
     """Save the classifier as `<base_dir>/<unix-epoch>/` and return that path.
 
@@ -97,19 +93,19 @@ def save_versioned(extractor, weights, bias, labels: Sequence[str], metadata: di
     asset_src = os.path.join(base_dir, tag + "-assets")
     os.makedirs(asset_src)
     try:
-        label_path = os.path.join(asset_src, LABELS_FILE)
+        label_path = os.path.join(asset_src, contract.LABELS_FILE)
         with open(label_path, "w", encoding="utf-8") as f:
             f.write(labels_text(labels))
-        meta_path = os.path.join(asset_src, METADATA_FILE)
+        meta_path = os.path.join(asset_src, contract.METADATA_FILE)
         with open(meta_path, "w", encoding="utf-8") as f:
-            json.dump(metadata, f, indent=1, sort_keys=True)
+            f.write(info.dumps())
         module = build_module(extractor, weights, bias, labels, [label_path, meta_path])
         tf.saved_model.save(module, staging, signatures={
-            SIGNATURE_BYTES: module.predict_bytes,
-            SIGNATURE_IMAGES: module.predict_images,
+            contract.SIGNATURE_BYTES: module.predict_bytes,
+            contract.SIGNATURE_IMAGES: module.predict_images,
         })
         while True:
-            version = _next_version(base_dir)
+            version = contract.next_version(base_dir)
             target = os.path.join(base_dir, str(version))
             try:
                 os.rename(staging, target)
@@ -125,11 +121,6 @@ def save_versioned(extractor, weights, bias, labels: Sequence[str], metadata: di
         if os.path.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def labels_text(labels: Sequence[str]) -> str:
-    """The labels file format: one label per line, in class-id order."""
-    return "".join(f"{label}\n" for label in labels)
 
 
 def check_labels_file(path: str, labels: Sequence[str]) -> bool:

@@ -10,17 +10,24 @@ from typing import Optional, Sequence
 import numpy as np
 
 from trxsfr.base import imaging
+from trxsfr.base.config import ProgressFn, RetrainConfig
 from trxsfr.base.errors import ModuleError
+from trxsfr.train import augment
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class FineTuneOptions:
-    steps: int = 0
-    learning_rate: float = 1e-4
-    batch_size: int = 16
-    seed: int = 0
+    steps: int = RetrainConfig.fine_tune_steps
+    learning_rate: float = RetrainConfig.fine_tune_learning_rate
+    batch_size: int = RetrainConfig.fine_tune_batch_size
+    seed: int = RetrainConfig.seed
+
+    @classmethod
+    def of(cls, config: RetrainConfig) -> "FineTuneOptions":
+        return cls(config.fine_tune_steps, config.fine_tune_learning_rate,
+                   config.fine_tune_batch_size, config.seed)
 
 
 @dataclasses.dataclass
@@ -34,8 +41,8 @@ class FineTuneResult:
 
 def fine_tune(extractor, weights: np.ndarray, bias: np.ndarray, paths: Sequence[str],
               labels: Sequence[int], options: FineTuneOptions,
-              distortion: Optional[imaging.Distortion] = None,
-              progress: bool = True) -> FineTuneResult:
+              distortion: Optional[augment.Distortion] = None,
+              on_progress: Optional[ProgressFn] = None) -> FineTuneResult:
     """Train the extractor's trainable variables and the new layer for `options.steps` steps.
 
     The extractor runs in inference mode, so batch-norm moving statistics stay
@@ -47,6 +54,7 @@ def fine_tune(extractor, weights: np.ndarray, bias: np.ndarray, paths: Sequence[
         weights, bias: the trained head (raw-feature space) to start from.
         paths, labels: training images and their class indices.
         distortion: optional; each step sees freshly distorted views.
+        on_progress: told of each step ("fine-tune").
 
     Raises:
         ModuleError: the module has no trainable variables.
@@ -88,23 +96,23 @@ def fine_tune(extractor, weights: np.ndarray, bias: np.ndarray, paths: Sequence[
     labels = np.asarray(labels, np.int32)
     per_pass = len(paths)
     losses = []
-    with imaging.progress_bar(options.steps, "fine-tune", progress) as bar:
-        bar.unit = "step"
-        done = 0
-        while done < options.steps:
-            order = rng.permutation(per_pass)
-            seeds = rng.integers(0, 2**62, (per_pass, 2), dtype=np.int64) if distortion else None
-            ds = imaging.image_dataset([paths[i] for i in order], extractor.image_size,
-                                       options.batch_size, distortion, seeds)
-            for pos, images in imaging.batches(ds):
-                y = tf.constant(labels[order[pos.numpy()]])
-                losses.append(float(step(images, y)))
-                done += 1
-                bar.update(1)
-                if done % max(1, options.steps // 10) == 0 or done == options.steps:
-                    log.info("Fine-tune step %d: cross entropy = %.4f", done, losses[-1])
-                if done >= options.steps:
-                    break
+    view = augment.view_of(distortion) if distortion else None
+    done = 0
+    while done < options.steps:
+        order = rng.permutation(per_pass)
+        seeds = rng.integers(0, 2**62, (per_pass, 2), dtype=np.int64) if distortion else None
+        ds = imaging.image_dataset([paths[i] for i in order], extractor.image_size,
+                                   options.batch_size, view, seeds)
+        for pos, images in imaging.batches(ds):
+            y = tf.constant(labels[order[pos.numpy()]])
+            losses.append(float(step(images, y)))
+            done += 1
+            if on_progress:
+                on_progress("fine-tune", 1, options.steps)
+            if done % max(1, options.steps // 10) == 0 or done == options.steps:
+                log.info("Fine-tune step %d: cross entropy = %.4f", done, losses[-1])
+            if done >= options.steps:
+                break
     return FineTuneResult(w.numpy(), b.numpy(), losses, len(variables),
                           time.perf_counter() - start)
 

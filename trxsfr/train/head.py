@@ -8,6 +8,8 @@ from typing import Optional
 
 import numpy as np
 
+from trxsfr.base.config import RetrainConfig, default_eval_interval
+
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "momentum", "sgd")
@@ -61,17 +63,31 @@ CLASS_WEIGHTS = ("none", "balanced")
 class HeadOptions:
     """How to fit the new layer; RetrainConfig carries the user's values."""
 
-    steps: int = 4000
-    learning_rate: float = 0.01
-    batch_size: int = 100
-    eval_interval: int = 40
-    seed: int = 0
-    optimizer: str = "adam"
-    label_smoothing: float = 0.0
-    l2: float = 0.0
-    dropout: float = 0.0
-    class_weight: str = "none"
-    early_stopping_patience: int = 0  # evaluations without a better validation loss; 0: off
+    steps: int = RetrainConfig.how_many_training_steps
+    learning_rate: float = RetrainConfig.learning_rate
+    batch_size: int = RetrainConfig.train_batch_size  # -1: the whole training set
+    eval_interval: int = default_eval_interval(RetrainConfig.how_many_training_steps)
+    seed: int = RetrainConfig.seed
+    optimizer: str = RetrainConfig.optimizer
+    label_smoothing: float = RetrainConfig.label_smoothing
+    l2: float = RetrainConfig.l2
+    dropout: float = RetrainConfig.dropout
+    class_weight: str = RetrainConfig.class_weight
+    # evaluations without a better validation loss; 0: off
+    early_stopping_patience: int = RetrainConfig.early_stopping_patience
+
+    @classmethod
+    def of(cls, config: RetrainConfig) -> "HeadOptions":
+        """The head's settings of a retrain run (its first value of each swept setting)."""
+        steps = config.how_many_training_steps
+        return cls(
+            steps=steps, learning_rate=config.learning_rate,
+            batch_size=config.train_batch_size,
+            eval_interval=config.eval_step_interval or default_eval_interval(steps),
+            seed=config.seed, optimizer=config.optimizer,
+            label_smoothing=config.label_smoothing, l2=config.l2, dropout=config.dropout,
+            class_weight=config.class_weight,
+            early_stopping_patience=config.early_stopping_patience)
 
 
 def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> np.ndarray:

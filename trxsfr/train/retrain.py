@@ -5,20 +5,19 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import math
 import os
 import time
 from typing import Optional
 
 import numpy as np
 
-from trxsfr import __version__ as VERSION
-from trxsfr.train import dataset
-from trxsfr.base import files
-from trxsfr.base import imaging
-from trxsfr.base.config import SWEEPABLE, RetrainConfig, default_eval_interval
-from trxsfr.train.dataset import ImageSet, Skipped, Split
+from trxsfr.base import __version__ as VERSION
+from trxsfr.base import files, imaging
+from trxsfr.base.config import SWEEPABLE, ProgressFn, RetrainConfig
+from trxsfr.base.contract import ModelInfo, ModuleInfo
 from trxsfr.base.errors import InputError
+from trxsfr.train import augment, dataset
+from trxsfr.train.dataset import ImageSet, Skipped, Split
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +75,6 @@ def check_validation_needs(config: RetrainConfig, has_validation: bool) -> None:
                          "raise --validation_percentage above 0")
 
 
-def check_augmentation(config: RetrainConfig, distortion) -> None:
-    for name in ("random_crop", "random_scale", "random_brightness"):
-        value = getattr(config, name)
-        if not 0 <= value < 100:
-            raise InputError(f"--{name} is a percentage in [0, 100), got {value}")
-    if distortion.active and config.augment_copies < 1:
-        raise InputError(f"--augment_copies must be at least 1, got {config.augment_copies}")
-    if config.fine_tune_steps < 0:
-        raise InputError(f"--fine_tune_steps must be >= 0, got {config.fine_tune_steps}")
-    if config.fine_tune_steps and (config.fine_tune_learning_rate <= 0
-                                   or config.fine_tune_batch_size <= 0):
-        raise InputError("--fine_tune_learning_rate and --fine_tune_batch_size must be positive")
-
-
 def with_views(x_train, y_train, image_set, train_items, augmented):
     """Training vectors plus the distorted views of the training images that decoded."""
     kept = {it.path: it.label for it in image_set.of_split(Split.TRAIN)}
@@ -99,19 +84,6 @@ def with_views(x_train, y_train, image_set, train_items, augmented):
     x[len(x_train):] = augmented.features[rows]
     y = np.concatenate([y_train, [kept[train_items[augmented.ok[r]].path] for r in rows]])
     return x, y.astype(np.int64)
-
-
-def head_options(config: RetrainConfig):
-    from trxsfr.train import head
-
-    steps = config.how_many_training_steps
-    return head.HeadOptions(
-        steps=steps, learning_rate=config.learning_rate, batch_size=config.train_batch_size,
-        eval_interval=config.eval_step_interval or default_eval_interval(steps),
-        seed=config.seed, optimizer=config.optimizer, label_smoothing=config.label_smoothing,
-        l2=config.l2, dropout=config.dropout, class_weight=config.class_weight,
-        early_stopping_patience=config.early_stopping_patience,
-    )
 
 
 def sweep_grid(sweep: tuple) -> list[dict]:
@@ -131,7 +103,7 @@ def run_sweep(config, x_train, y_train, num_classes, validation, summary_dir):
     for combo in sweep_grid(config.sweep):
         cfg = dataclasses.replace(config, **combo)
         name = ",".join(f"{k}={v:g}" for k, v in combo.items())
-        trained = head.train(x_train, y_train, num_classes, head_options(cfg), validation,
+        trained = head.train(x_train, y_train, num_classes, head.HeadOptions.of(cfg), validation,
                              os.path.join(summary_dir, name) if summary_dir else None)
         probs = trained.head.probabilities(x_val)
         xent = float(-np.mean(np.log(np.maximum(probs[np.arange(len(y_val)), y_val], 1e-12))))
@@ -147,53 +119,22 @@ def run_sweep(config, x_train, y_train, num_classes, validation, summary_dir):
     return best[2], rows
 
 
-def check_settings(config: RetrainConfig) -> None:
-    """Raise InputError for a setting no run can use (each value of a sweep included),
-    before any file is read; the message names the flag."""
-    swept = dict(config.sweep)
-
-    def values(name):
-        return swept.get(name, (getattr(config, name),))
-
-    for name in ("learning_rate", "l2", "label_smoothing", "dropout", "fine_tune_learning_rate"):
-        for v in values(name):  # NaN passes every comparison below, inf trains a NaN model
-            if not math.isfinite(v):
-                raise InputError(f"--{name} must be a finite number, got {v}")
-    for name in ("how_many_training_steps", "train_batch_size", "bottleneck_batch_size",
-                 "learning_rate"):
-        for v in values(name):
-            if name == "train_batch_size" and v == -1:
-                continue  # the whole training split, as in retrain.py
-            if v <= 0:
-                raise InputError(f"--{name} must be positive, got {v}")
-    for name in ("label_smoothing", "dropout"):
-        for v in values(name):
-            if not 0 <= v < 1:
-                raise InputError(f"--{name} must be in [0, 1), got {v}")
-    for name in ("l2", "early_stopping_patience", "seed"):
-        for v in values(name):
-            if v < 0:
-                raise InputError(f"--{name} must be >= 0, got {v}")
-    for name in ("eval_step_interval", "image_size"):  # None: derived
-        v = getattr(config, name)
-        if v is not None and v <= 0:
-            raise InputError(f"--{name} must be positive, got {v}")
-
-
-def retrain(config: RetrainConfig) -> RetrainResult:
+def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> RetrainResult:
     """Run the whole job; see RetrainConfig for the settings.
+
+    Args:
+        config: the settings (checked here first, as the CLI's flags are).
+        on_progress: told of each batch of bottlenecks and each fine-tuning step.
 
     Raises:
         TrxsfrError: the data, module or destinations cannot make a model.
     """
-    from trxsfr.train import cache
-    from trxsfr.train import export
-    from trxsfr.train import head
     from trxsfr.base import extractors
+    from trxsfr.train import cache, export, head
 
     timings = {}
     t0 = time.perf_counter()
-    check_settings(config)
+    config.check()
     image_set = dataset.discover(config.image_dir, config.validation_percentage,
                                  config.testing_percentage)
     dataset.check_trainable(image_set)
@@ -204,9 +145,8 @@ def retrain(config: RetrainConfig) -> RetrainResult:
         files.check_folder(config.summaries_dir, "--summaries_dir")
     if config.output_labels:  # fail before the long work, not after it
         export.check_labels_file(config.output_labels, image_set.labels)
-    distortion = imaging.Distortion(config.flip_left_right, config.random_crop,
+    distortion = augment.Distortion(config.flip_left_right, config.random_crop,
                                     config.random_scale, config.random_brightness)
-    check_augmentation(config, distortion)
 
     # Ask for vectors in split order, so each split is one contiguous block of rows.
     ordered = [it for split in Split for it in image_set.of_split(split)]
@@ -223,7 +163,7 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     try:
         store.paths.add_many(prefetched)
         cached = cache.ensure(ordered_paths, extractor, store,
-                                    config.bottleneck_batch_size, progress=config.progress)
+                                    config.bottleneck_batch_size, on_progress)
         augmented = None
         if distortion.active:
             unreadable = {f.path for f in cached.failed}  # not decoded (and reported) again
@@ -231,7 +171,7 @@ def retrain(config: RetrainConfig) -> RetrainResult:
                            and image_set.abs_path(it) not in unreadable]
             augmented = cache.ensure(
                 [image_set.abs_path(it) for it in train_items], extractor, store,
-                config.bottleneck_batch_size, config.progress,
+                config.bottleneck_batch_size, on_progress,
                 distortion=distortion, copies=config.augment_copies)
             log.info("augmented views: %d reused from cache, %d computed (%.1fs)",
                      augmented.reused, augmented.computed, augmented.seconds)
@@ -279,7 +219,7 @@ def retrain(config: RetrainConfig) -> RetrainResult:
         trained, sweep_rows = run_sweep(config, x_train, y_train, len(image_set.labels),
                                         validation, summary_dir)
     else:
-        trained = head.train(x_train, y_train, len(image_set.labels), head_options(config),
+        trained = head.train(x_train, y_train, len(image_set.labels), head.HeadOptions.of(config),
                              validation=validation, summary_dir=summary_dir)
     timings["train_s"] = time.perf_counter() - t1
 
@@ -292,9 +232,8 @@ def retrain(config: RetrainConfig) -> RetrainResult:
         train_labels = [it.label for it in image_set.of_split(Split.TRAIN)]
         tuned = finetune.fine_tune(
             extractor, trained.head.weights, trained.head.bias, train_paths, train_labels,
-            finetune.FineTuneOptions(config.fine_tune_steps, config.fine_tune_learning_rate,
-                                     config.fine_tune_batch_size, config.seed),
-            distortion if distortion.active else None, config.progress)
+            finetune.FineTuneOptions.of(config), distortion if distortion.active else None,
+            on_progress)
         final_head = head.Head(tuned.weights, tuned.bias)
         timings["fine_tune_s"] = tuned.seconds
         if len(y_test):  # the cached vectors are the old extractor's: compute them anew
@@ -317,36 +256,34 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     counts = {label: {s.value: n for s, n in row.items()}
               for label, row in image_set.counts().items()}
     last = trained.history[-1] if trained.history else {}
-    metadata = {
-        "format": "trxsfr-model-1",
-        "trxsfr_version": VERSION,
-        "preprocessing": imaging.PREPROCESSING_VERSION,
-        "module": {"handle": config.tfhub_module, "fingerprint": extractor.fingerprint,
-                   "image_size": list(extractor.image_size), "feature_dim": extractor.dim},
-        "labels": list(image_set.labels),
-        "config": dict({k: v for k, v in dataclasses.asdict(config).items()
-                        if k not in ("progress", "sweep")}, **chosen),
-        "sweep": sweep_rows,
-        "best_step": trained.best_step,
-        "augmentation": {"distortion": distortion.spec(), "copies": config.augment_copies,
-                         "views": int(len(augmented.ok)), "computed": augmented.computed}
+    info = ModelInfo(
+        trxsfr_version=VERSION,
+        preprocessing=imaging.PREPROCESSING_VERSION,
+        module=ModuleInfo(config.tfhub_module, extractor.fingerprint,
+                          tuple(extractor.image_size), extractor.dim),
+        labels=tuple(image_set.labels),
+        config=dict(config.recorded(), **chosen),
+        sweep=sweep_rows,
+        best_step=trained.best_step,
+        augmentation={"distortion": distortion.spec(), "copies": config.augment_copies,
+                      "views": int(len(augmented.ok)), "computed": augmented.computed}
         if augmented is not None else None,
-        "fine_tuned": {"steps": config.fine_tune_steps,
-                       "learning_rate": config.fine_tune_learning_rate,
-                       "batch_size": config.fine_tune_batch_size,
-                       "variables": tuned.variables, "final_loss": tuned.losses[-1]}
+        fine_tuned={"steps": config.fine_tune_steps,
+                    "learning_rate": config.fine_tune_learning_rate,
+                    "batch_size": config.fine_tune_batch_size,
+                    "variables": tuned.variables, "final_loss": tuned.losses[-1]}
         if tuned is not None else None,
-        "metrics": {
+        metrics={
             "test_accuracy": test_accuracy, "test_count": int(len(y_test)),
             "validation_accuracy": last.get("validation_accuracy"),
             "validation_cross_entropy": last.get("validation_cross_entropy"),
             "train_accuracy": last.get("train_accuracy"),
         },
-        "split_counts": counts,
-        "skipped_files": len(image_set.skipped),
-        "history": trained.history,
-        "created": int(time.time()),
-    }
+        split_counts=counts,
+        skipped_files=len(image_set.skipped),
+        history=trained.history,
+        created=int(time.time()),
+    )
     if config.output_labels:
         export.check_labels_file(config.output_labels, image_set.labels)
     # The vectors are done with: free them before the export (the run's memory peak),
@@ -356,7 +293,7 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     del cached, augmented, x_train, x_val, x_test, validation
     t1 = time.perf_counter()
     version_dir = export.save_versioned(extractor, final_head.weights, final_head.bias,
-                                        image_set.labels, metadata, config.saved_model_dir)
+                                        image_set.labels, info, config.saved_model_dir)
     timings["export_s"] = time.perf_counter() - t1
     if config.output_labels:
         export.write_labels_file(config.output_labels, image_set.labels)

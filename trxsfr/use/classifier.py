@@ -1,80 +1,30 @@
-"""Load an exported trxsfr model and predict on image files or bytes, in batches."""
+"""Load an exported trxsfr model and predict on image files, in batches.
+
+`Predictor` is what every way of running a model offers (`label`, `serve`,
+`info`, `report` and `explain` rely on nothing else); `Classifier` runs a
+SavedModel with TensorFlow, `interpreter.TFLiteClassifier` a `.tflite` with
+LiteRT. `load(path)` picks one.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import time
+import typing
 from typing import Optional, Sequence
 
 import numpy as np
 
-from trxsfr.base.config import FORWARD_BATCH_SIZE
+from trxsfr.base import contract
+from trxsfr.base.config import FORWARD_BATCH_SIZE, ProgressFn
+from trxsfr.base.contract import ModelInfo
+from trxsfr.base.errors import ModelError, saved_model_failure
 from trxsfr.base.listing import Skipped
-from trxsfr.base.errors import ModelError, first_line, saved_model_failure
-from trxsfr.train.export import LABELS_FILE, METADATA_FILE, SIGNATURE_BYTES, SIGNATURE_IMAGES
 
 log = logging.getLogger(__name__)
-
-
-def versions(base: str) -> list[int]:
-    """Numbered directories under `base` holding a saved_model.pb, highest first."""
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return []
-    return sorted((int(n) for n in names
-                   if n.isdigit() and os.path.isfile(os.path.join(base, n, "saved_model.pb"))),
-                  reverse=True)
-
-
-def resolve_version(path: str) -> str:
-    """A version directory itself, or the highest numbered version under a base dir (as TF Serving).
-
-    Raises:
-        ModelError: `path` holds no SavedModel.
-    """
-    if not os.path.exists(path):
-        raise ModelError(f"model {path} does not exist")
-    if not os.path.isdir(path):
-        raise ModelError(f"model {path} is not a directory (pass a version dir or its base dir)")
-    if os.path.exists(os.path.join(path, "saved_model.pb")):
-        return path
-    found = versions(path)
-    if not found:
-        raise ModelError(
-            f"{path} is not a model: no saved_model.pb and no numbered version directories with one"
-        )
-    return os.path.join(path, str(found[0]))
-
-
-def read_labels(path: str) -> list[str]:
-    """One label per non-empty line (a model's labels.txt)."""
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
-
-
-def read_metadata(path: str) -> dict:
-    """A model's trxsfr.json, or {} when there is none.
-
-    Raises:
-        ModelError: the file is not a JSON object (it is written whole, so someone edited it).
-    """
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{path} is not readable JSON ({first_line(e, 120)}); restore it "
-                         f"or export the model again") from e
-    if not isinstance(doc, dict):
-        raise ModelError(f"{path} must hold a JSON object, not {type(doc).__name__}; restore it "
-                         f"or export the model again")
-    return doc
 
 
 @dataclasses.dataclass
@@ -85,8 +35,27 @@ class Predictions:
     seconds: float  # inference wall time, decode included
 
 
+@typing.runtime_checkable
+class Predictor(typing.Protocol):
+    """A loaded model, whatever runs it."""
+
+    path: str
+    labels: list[str]
+    info: ModelInfo
+    image_size: tuple[int, int]
+    load_seconds: float
+    format: str  # "saved_model" or "tflite", as `trxsfr info` reports it
+
+    def predict_images(self, images) -> np.ndarray:
+        """float32 [N, H, W, 3] in [0, 1] -> probabilities float32 [N, classes]."""
+
+    def predict_paths(self, paths: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE,
+                      on_progress: Optional[ProgressFn] = None) -> Predictions:
+        """Probabilities for image files, decoded as at training time."""
+
+
 class Classifier:
-    """An exported model: labels, metadata and batched prediction."""
+    """An exported SavedModel: labels, ModelInfo and batched prediction (a `Predictor`)."""
 
     # Batches `predict_paths` runs through the model at once (None: imaging's default).
     forward_streams: Optional[int] = None
@@ -94,33 +63,35 @@ class Classifier:
     def __init__(self, path: str):
         import tensorflow as tf
 
-        self.path = resolve_version(path)
-        label_file = os.path.join(self.path, "assets", LABELS_FILE)
+        self.path = contract.resolve_version(path)
+        label_file = contract.labels_path(self.path)
         if not os.path.exists(label_file):
-            raise ModelError(f"{self.path} is a SavedModel but not a trxsfr model (no assets/{LABELS_FILE})")
-        self.labels = read_labels(label_file)
-        self.metadata = read_metadata(os.path.join(self.path, "assets", METADATA_FILE))
+            raise ModelError(f"{self.path} is a SavedModel but not a trxsfr model "
+                             f"(no {os.path.relpath(label_file, self.path)})")
+        self.labels = contract.read_labels(label_file)
+        self.info = contract.read_info(contract.info_path(self.path))
         start = time.perf_counter()
         try:
             self._model = tf.saved_model.load(self.path)
         except Exception as e:
             reason = saved_model_failure(self.path, e)
             raise ModelError(f"cannot load model {self.path}: {reason}") from e
-        if SIGNATURE_IMAGES not in self._model.signatures:
-            raise ModelError(f"{self.path} has no {SIGNATURE_IMAGES} signature; not a trxsfr model")
-        self._predict = self._model.signatures[SIGNATURE_IMAGES]
-        shape = self._predict.structured_input_signature[1]["images"].shape
+        if contract.SIGNATURE_IMAGES not in self._model.signatures:
+            raise ModelError(f"{self.path} has no {contract.SIGNATURE_IMAGES} signature; "
+                             f"not a trxsfr model")
+        self._predict = self._model.signatures[contract.SIGNATURE_IMAGES]
+        shape = self._predict.structured_input_signature[1][contract.INPUT_IMAGES].shape
         self.image_size = (int(shape[1]), int(shape[2]))
         self.load_seconds = time.perf_counter() - start
 
     @property
     def saved_model(self):
-        """What tf.saved_model.load returned: `.extractor`, `.weights`, `.bias`, signatures."""
+        """What tf.saved_model.load returned: the contract's attributes and signatures."""
         return self._model
 
     @property
     def version(self) -> str:
-        return os.path.basename(os.path.normpath(self.path))
+        return contract.version_name(self.path)
 
     format = "saved_model"  # what `trxsfr info` reports; "tflite" for a TFLiteClassifier
 
@@ -158,7 +129,8 @@ class Classifier:
 
     def _forward(self, images) -> np.ndarray:
         """`predict_images` for a batch of at least one image."""
-        return self._predict(images=images)["probabilities"].numpy()
+        return self._predict(**{contract.INPUT_IMAGES: images})[
+            contract.OUTPUT_PROBABILITIES].numpy()
 
     @functools.cached_property
     def needs_own_decode(self) -> bool:
@@ -167,8 +139,9 @@ class Classifier:
         Decided (and warned about) once per loaded model."""
         from trxsfr.base import imaging
 
-        made_with = self.metadata.get("preprocessing")
-        usable = SIGNATURE_BYTES in getattr(getattr(self, "_model", None), "signatures", {})
+        made_with = self.info.preprocessing
+        usable = contract.SIGNATURE_BYTES in getattr(getattr(self, "_model", None),
+                                                      "signatures", {})
         if made_with == imaging.PREPROCESSING_VERSION:
             return False
         if not usable:  # e.g. a .tflite converted from such a model: it takes decoded images
@@ -184,7 +157,12 @@ class Classifier:
     def _predict_with_exported_decode(self, paths, batch_size, probs, returned) -> None:
         import tensorflow as tf
 
-        serve = self._model.signatures[SIGNATURE_BYTES]
+        serve = self._model.signatures[contract.SIGNATURE_BYTES]
+
+        def probabilities(blobs):
+            return serve(**{contract.INPUT_BYTES: tf.constant(blobs)})[
+                contract.OUTPUT_PROBABILITIES].numpy()
+
         for start in range(0, len(paths), batch_size):
             chunk = list(range(start, min(start + batch_size, len(paths))))
             data = []
@@ -192,19 +170,22 @@ class Classifier:
                 with open(paths[i], "rb") as f:
                     data.append(f.read())
             try:
-                probs[chunk] = serve(image_bytes=tf.constant(data))["probabilities"].numpy()
+                probs[chunk] = probabilities(data)
                 returned[chunk] = True
             except tf.errors.InvalidArgumentError:  # one bad file: go one by one
                 for i, blob in zip(chunk, data):
                     try:
-                        probs[i] = serve(image_bytes=tf.constant([blob]))["probabilities"].numpy()[0]
+                        probs[i] = probabilities([blob])[0]
                         returned[i] = True
                     except tf.errors.InvalidArgumentError:
                         pass
 
     def predict_paths(self, paths: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE,
-                      progress: bool = False) -> Predictions:
-        """Probabilities for image files, decoded exactly as at training time."""
+                      on_progress: Optional[ProgressFn] = None) -> Predictions:
+        """Probabilities for image files, decoded exactly as at training time.
+
+        `on_progress` is told of each batch ("label").
+        """
         from trxsfr.base import imaging
 
         start = time.perf_counter()
@@ -214,12 +195,12 @@ class Classifier:
             self._predict_with_exported_decode(paths, batch_size, probs, returned)
         elif paths:
             ds = imaging.image_dataset(paths, self.image_size, batch_size)
-            with imaging.progress_bar(len(paths), "label", progress) as bar:
-                for pos, batch_probs in imaging.map_batches(ds, self.predict_images,
-                                                               self.forward_streams):
-                    probs[pos] = batch_probs
-                    returned[pos] = True
-                    bar.update(len(pos))
+            for pos, batch_probs in imaging.map_batches(ds, self.predict_images,
+                                                           self.forward_streams):
+                probs[pos] = batch_probs
+                returned[pos] = True
+                if on_progress:
+                    on_progress("label", len(pos), len(paths))
         seconds = time.perf_counter() - start
         failed = [Skipped(paths[i], imaging.decode_error(paths[i], self.image_size))
                   for i in np.flatnonzero(~returned)]
@@ -227,13 +208,13 @@ class Classifier:
         return Predictions(probs[ok], ok, failed, seconds)
 
 
-def load(path: str) -> Classifier:
+def load(path: str) -> Predictor:
     """A SavedModel version/base directory, or a `.tflite` file from `export-tflite`."""
-    from trxsfr import lite
+    if contract.is_tflite(path):
+        from trxsfr.use.interpreter import TFLiteClassifier
 
-    if lite.is_tflite(path):
-        return lite.TFLiteClassifier(str(path))
+        return TFLiteClassifier(str(path))
     if os.path.isfile(path):
         raise ModelError(f"model {path} is a file but not a .tflite one (pass a SavedModel "
-                         f"version dir, its base dir or a {lite.SUFFIX} file)")
+                         f"version dir, its base dir or a {contract.TFLITE_SUFFIX} file)")
     return Classifier(path)

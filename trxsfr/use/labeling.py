@@ -1,4 +1,4 @@
-"""`label`: run an exported model over files and folders; evaluate labelled folders."""
+"""`label`: run a loaded model over files and folders; evaluate labelled folders (`LabelRun`)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from trxsfr.base import listing
-from trxsfr.base.config import FORWARD_BATCH_SIZE
-from trxsfr.base.listing import Skipped
+from trxsfr.base import contract, listing
+from trxsfr.base.config import FORWARD_BATCH_SIZE, ProgressFn
+from trxsfr.base.contract import ModelInfo
 from trxsfr.base.errors import InputError
-from trxsfr.cli.tables import table
+from trxsfr.base.listing import Skipped
+from trxsfr.use import metrics
+from trxsfr.use.classifier import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +69,12 @@ def collect(inputs: Sequence[str], labels: Sequence[str]) -> tuple[list[Entry], 
 
 
 @dataclasses.dataclass
-class LabelReport:
+class LabelRun:
+    """What one `label` run found: data, no presentation (the CLI and `report` render it)."""
+
     model_path: str
     labels: list[str]
-    metadata: dict
+    info: ModelInfo
     entries: list[Entry]  # those that decoded, aligned with probabilities
     probabilities: np.ndarray  # float32 [len(entries), classes]
     skipped: list[Skipped]
@@ -98,53 +102,13 @@ class LabelReport:
                              float(self.probabilities[i][pred])))
         return rows
 
-    def text_lines(self, top_k: int) -> list[str]:
-        lines = []
-        for i, e in enumerate(self.entries):
-            lines += [f"{label} {score:.5f} {e.path}" for label, score in self.ranked(i, top_k)]
-        for s in self.skipped:
-            lines.append(f"skipped: {s.path}: {s.reason}")
-        for folder in self.unknown_folders:
-            lines.append(f"not evaluated: {folder} is not one of the model's labels "
-                         f"({', '.join(self.labels)})")
-        if self.evaluation:
-            ev = self.evaluation
-            lines.append(f"Accuracy = {100 * ev['accuracy']:.2f}% (N={ev['count']})")
-            lines.append("Per-class accuracy:")
-            for label, row in ev["per_class"].items():
-                if row["support"]:
-                    lines.append(f"  {label}: {100 * row['recall']:.2f}% (N={row['support']})")
-            lines.append("Confusion matrix (rows: true, columns: predicted):")
-            lines += ["  " + row for row in table(
-                ["true \\ predicted"] + self.labels,
-                [[label] + counts for label, counts in zip(self.labels, ev["confusion_matrix"])])]
-            mis = self.misclassified()
-            lines.append(f"Misclassified: {len(mis)}")
-            lines += [f"  {path} (true: {t}, predicted: {p}, score {s:.5f})" for path, t, p, s in mis]
-        lines.append(f"Images: {len(self.entries)} labelled, {len(self.skipped)} skipped")
-        lines.append(f"Model load time: {self.load_seconds:.3f}s ({self.model_path})")
-        lines.append(f"Mean inference time: {self.per_image_ms:.2f} ms/image "
-                     f"(decode included, batched)")
-        return lines
-
-    def codelab_lines(self, top_k: int) -> list[str]:
-        lines = []
-        for i, e in enumerate(self.entries):
-            if len(self.entries) > 1:
-                lines.append(e.path)
-            lines.append(f"Evaluation time (1-image): {self.per_image_ms / 1000:.3f}s")
-            lines.append("")
-            lines += [f"{label} (score={score:.5f})" for label, score in self.ranked(i, top_k)]
-        for s in self.skipped:
-            lines.append(f"skipped: {s.path}: {s.reason}")
-        return lines
-
     def to_json(self, top_k: int) -> dict:
+        """The document `label --format json` prints and `report` reads back."""
         doc = {
             "model": self.model_path,
-            "version": os.path.basename(os.path.normpath(self.model_path)),
+            "version": contract.version_name(self.model_path),
             "labels": self.labels,
-            "metadata": self.metadata,
+            "metadata": self.info.to_json(),
             "predictions": [
                 {"path": e.path,
                  "true_label": self.labels[e.truth] if e.truth is not None else None,
@@ -165,39 +129,100 @@ class LabelReport:
                 for p, t, pr, s in self.misclassified()])
         return doc
 
+    @classmethod
+    def from_json(cls, doc, source: str = "the document") -> "LabelRun":
+        """Read back what `to_json` wrote.
+
+        Raises:
+            InputError: `doc` does not have that shape (e.g. it was edited by hand);
+                the message names `source` and the field.
+        """
+        what = f"{source} is not the output of `trxsfr label --format json`"
+        if not isinstance(doc, dict):
+            raise InputError(f"{what}: expected a JSON object")
+        for key, kind in (("labels", list), ("predictions", list), ("metadata", dict)):
+            if not isinstance(doc.get(key), kind):
+                raise InputError(f"{what}: no '{key}' {kind.__name__}")
+        labels = doc["labels"]
+        if not all(isinstance(label, str) for label in labels):
+            raise InputError(f"{what}: 'labels' must be strings")
+        entries, probs = [], []
+        for i, p in enumerate(doc["predictions"]):
+            row = p.get("probabilities") if isinstance(p, dict) else None
+            if not isinstance(row, list) or len(row) != len(labels) or "path" not in p:
+                raise InputError(f"{what}: prediction {i} lacks a path or {len(labels)} "
+                                 f"probabilities")
+            if p.get("true_label") is not None and p["true_label"] not in labels:
+                raise InputError(f"{what}: prediction {i} has unknown true_label "
+                                 f"{p['true_label']!r}")
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in row):
+                raise InputError(f"{what}: prediction {i} has probabilities that are not numbers")
+            truth = labels.index(p["true_label"]) if p.get("true_label") is not None else None
+            entries.append(Entry(str(p["path"]), truth))
+            probs.append(row)
+        evaluation = doc.get("evaluation")
+        if evaluation is not None:
+            fields = ("accuracy", "count", "per_class", "confusion_matrix")
+            if not isinstance(evaluation, dict) or any(k not in evaluation for k in fields):
+                raise InputError(f"{what}: 'evaluation' must be null or an object with "
+                                 f"{', '.join(fields)}")
+            evaluation = {k: v for k, v in evaluation.items() if k != "misclassified"}
+        meta = doc["metadata"]
+        history = meta.get("history") or []
+        if not isinstance(history, list) or \
+                not all(isinstance(row, dict) and "step" in row for row in history):
+            raise InputError(f"{what}: metadata 'history' must be a list of objects with a "
+                             f"'step'")
+        created = meta.get("created")
+        if created is not None and (not isinstance(created, (int, float))
+                                    or isinstance(created, bool)):
+            raise InputError(f"{what}: metadata 'created' must be a unix time, got {created!r}")
+        skipped = [Skipped(str(s.get("path")), str(s.get("reason")))
+                   for s in doc.get("skipped") or [] if isinstance(s, dict)]
+
+        def seconds(key):
+            value = doc.get(key)
+            return float(value) if isinstance(value, (int, float)) else 0.0
+
+        return cls(str(doc.get("model", "")), list(labels), ModelInfo.from_json(meta), entries,
+                   np.asarray(probs, np.float32).reshape(len(entries), len(labels)), skipped,
+                   [str(f) for f in doc.get("unknown_folders") or []],
+                   seconds("load_seconds"), seconds("inference_seconds"), evaluation)
+
 
 _NO_EVALUATION_SET = ("needs an evaluation set: a folder whose sub-folders are named after "
                      "the model's labels")
 
 
-def run(model: str, inputs: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE, progress: bool = True,
-        labels_file: Optional[str] = None,
-        evaluation_required_by: Optional[str] = None) -> LabelReport:
-    """Load `model`, predict every image under `inputs`, evaluate those with a known label.
+def run(predictor: Predictor, inputs: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE,
+        on_progress: Optional[ProgressFn] = None, labels_file: Optional[str] = None,
+        evaluation_required_by: Optional[str] = None) -> LabelRun:
+    """Predict every image under `inputs` with a loaded model; evaluate those with a known label.
+
+    Args:
+        predictor: `classifier.load(path)`.
+        on_progress: told of each batch ("label").
+        labels_file: label_image.py's --labels; only checked against the model's own.
+        evaluation_required_by: what needs an evaluation set (e.g. "--min_accuracy").
 
     Raises:
-        InputError: `evaluation_required_by` (what needs it, e.g. "--min_accuracy") is
-            given and no input image has a known label (checked before any image is
-            decoded), or none of those that have one could be read.
+        InputError: `evaluation_required_by` is given and no input image has a known
+            label (checked before any image is decoded), or none of those that have
+            one could be read.
     """
-    from trxsfr.use import classifier
-    from trxsfr.use.metrics import metrics
-
-    clf = classifier.load(model)
+    clf = predictor
     if labels_file:
         if os.path.isdir(labels_file):
             raise InputError(f"--labels {labels_file} is a folder; pass a labels.txt file")
         if not os.path.isfile(labels_file):
             raise InputError(f"--labels {labels_file} does not exist")
-        with open(labels_file, encoding="utf-8") as f:
-            given = [line.rstrip("\n") for line in f if line.strip()]
-        if given != clf.labels:
+        if contract.read_labels(labels_file) != clf.labels:
             log.warning("--labels %s differs from the model's own labels; using the model's",
                         labels_file)
     entries, skipped, unknown = collect(inputs, clf.labels)
     if evaluation_required_by and all(e.truth is None for e in entries):
         raise InputError(f"{evaluation_required_by} {_NO_EVALUATION_SET}")
-    preds = clf.predict_paths([e.path for e in entries], batch_size, progress)
+    preds = clf.predict_paths([e.path for e in entries], batch_size, on_progress)
     skipped = skipped + preds.failed
     kept = [entries[i] for i in preds.ok]
     evaluation = None
@@ -210,6 +235,6 @@ def run(model: str, inputs: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE,
     if truth_rows:
         true = [kept[i].truth for i in truth_rows]
         probs = preds.probabilities[truth_rows]
-        evaluation = metrics(true, probs.argmax(axis=1), clf.labels, probs)
-    return LabelReport(clf.path, clf.labels, clf.metadata, kept, preds.probabilities, skipped,
+        evaluation = metrics.metrics(true, probs.argmax(axis=1), clf.labels, probs)
+    return LabelRun(clf.path, clf.labels, clf.info, kept, preds.probabilities, skipped,
                        unknown, clf.load_seconds, preds.seconds, evaluation)

@@ -1,0 +1,78 @@
+"""What every command shares: exit codes, help formatting, output, tables, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+EXIT_OK, EXIT_BELOW_GATE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults, except empty ones (None, False, []) that say nothing."""
+
+    def _get_help_string(self, action):
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS or default == []:
+            return action.help  # `is`: a default of 0 or 0.0 equals False but says something
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with trxsfr's one-line errors (exit 2) instead of a usage block; the
+    sub-command parsers are of this class too (add_subparsers takes the parent's)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"trxsfr: error: {message}; see `{self.prog} --help`\n")
+
+
+def out(line: str = "") -> None:
+    """One line of results on stdout (progress and logs go to stderr)."""
+    print(line, flush=True)
+
+
+def note(line: str) -> None:
+    """One line for the person on stderr, keeping stdout exactly the results."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def table(header: Sequence, rows: Sequence[Sequence]) -> list[str]:
+    """Plain-text table lines: first column left-aligned, the rest right-aligned."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                      for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+            for row in cells]
+
+
+class ProgressBars:
+    """The library's `on_progress(stage, done, total)` drawn as one tqdm bar per stage,
+    on stderr, only when stderr is a terminal and progress is wanted."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bars = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        bar = self._bars.get(stage)
+        if bar is None:
+            from tqdm import tqdm
+
+            unit = "step" if stage == "fine-tune" else "img"
+            bar = self._bars[stage] = tqdm(total=total, desc=stage, unit=unit, file=sys.stderr,
+                                           smoothing=0.1)
+        bar.update(done)
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
+
+    def __enter__(self) -> "ProgressBars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

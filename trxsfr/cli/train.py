@@ -1,0 +1,230 @@
+"""`retrain` and `fixtures`: flags -> RetrainConfig -> the retrain job -> printed results."""
+
+from __future__ import annotations
+
+import argparse
+
+from trxsfr.base.config import DEFAULT_MODULE, SWEEPABLE, RetrainConfig
+from trxsfr.base.errors import InputError
+from trxsfr.cli.common import EXIT_OK, Formatter, ProgressBars, out, table
+
+# ---------------------------------------------------------------- retrain
+
+def add_retrain_parser(sub) -> None:
+    d = RetrainConfig
+    p = sub.add_parser(
+        "retrain", formatter_class=Formatter,
+        help="Train a new final layer on class folders and export a versioned SavedModel.",
+        description=(
+            "Compute (or reuse) one bottleneck vector per image with a frozen TF-Hub feature "
+            "extractor, train a softmax layer on them, and export <saved_model_dir>/<unix-epoch>/.\n"
+            "The last line on stdout is that directory. Flags keep the names of TF's retrain.py."
+        ),
+    )
+    g = p.add_argument_group("Data")
+    g.add_argument("--image_dir", required=True, default=argparse.SUPPRESS,
+                   help="Required. Folder with one sub-folder of images per class; folder names "
+                        "are the labels.")
+    g.add_argument("--validation_percentage", type=float, default=d.validation_percentage,
+                   help="Percentage of images held out to validate during training (0 allowed).")
+    g.add_argument("--testing_percentage", type=float, default=d.testing_percentage,
+                   help="Percentage of images held out for the final test accuracy (0 allowed).")
+    g = p.add_argument_group("Module")
+    g.add_argument("--tfhub_module", default=DEFAULT_MODULE,
+                   help="Feature-vector module: TF-Hub/Kaggle URL, local SavedModel directory, "
+                        "or shortcut name (table in the README).")
+    g.add_argument("--architecture", default=None,
+                   help="The codelab's model names (mobilenet_0.50_224, inception_v3, ...), "
+                        "an alias for the matching shortcut; do not combine with --tfhub_module.")
+    g.add_argument("--image_size", type=int, default=d.image_size,
+                   help="Input size for modules that do not fix it; must match a module that does.")
+    g.add_argument("--bottleneck_dir", default=d.bottleneck_dir,
+                   help="Cache of bottleneck vectors, shared safely between runs and modules.")
+    g.add_argument("--bottleneck_batch_size", type=int, default=d.bottleneck_batch_size,
+                   help="Images per forward pass of the feature extractor (two run at once).")
+    g = p.add_argument_group("Training")
+    g.add_argument("--how_many_training_steps", type=int, default=d.how_many_training_steps,
+                   help="Optimisation steps of the new layer.")
+    g.add_argument("--learning_rate", type=_floats, default=str(d.learning_rate),
+                   help="Learning rate of the optimiser; comma-separated values sweep.")
+    g.add_argument("--optimizer", choices=("adam", "momentum", "sgd"), default=d.optimizer,
+                   help="Optimiser of the new layer (features are standardised for it).")
+    g.add_argument("--label_smoothing", type=_floats, default=str(d.label_smoothing),
+                   help="Mix this much of a uniform distribution into the one-hot targets; "
+                        "comma-separated values sweep.")
+    g.add_argument("--l2", type=_floats, default=str(d.l2),
+                   help="L2 penalty on the new layer's (standardised) weights; "
+                        "comma-separated values sweep.")
+    g.add_argument("--dropout", type=float, default=d.dropout,
+                   help="Dropout rate on the bottleneck vector during training.")
+    g.add_argument("--class_weight", choices=("none", "balanced"), default=d.class_weight,
+                   help="balanced: weight each class's loss by n / (classes * class count), "
+                        "so small classes count as much as large ones.")
+    g.add_argument("--early_stopping_patience", type=int, default=d.early_stopping_patience,
+                   help="Stop after this many evaluations without a lower validation "
+                        "cross-entropy and keep the best weights; 0 trains all steps.")
+    g.add_argument("--train_batch_size", type=int, default=d.train_batch_size,
+                   help="Training images per step; -1 uses the whole training split.")
+    g.add_argument("--eval_step_interval", type=int, default=d.eval_step_interval,
+                   help="Evaluate (and write summaries) every this many steps; "
+                        "unset: 1/100 of the steps.")
+    g.add_argument("--seed", type=int, default=d.seed,
+                   help="Seed of batch sampling; same seed and data give identical weights.")
+    g = p.add_argument_group("Augmentation and fine-tuning")
+    g.add_argument("--flip_left_right", action="store_true",
+                   help="Randomly mirror training images horizontally (TF retrain.py's flag).")
+    g.add_argument("--random_crop", type=float, default=d.random_crop,
+                   help="Percentage of margin randomly cropped off training images.")
+    g.add_argument("--random_scale", type=float, default=d.random_scale,
+                   help="Percentage by which training images are randomly scaled up.")
+    g.add_argument("--random_brightness", type=float, default=d.random_brightness,
+                   help="Percentage by which training pixels are randomly brightened or dimmed.")
+    g.add_argument("--augment_copies", type=int, default=d.augment_copies,
+                   help="With any distortion flag: distorted views per training image, each "
+                        "computed once and cached, then sampled with the originals in training. "
+                        "Validation and test images are never distorted.")
+    g.add_argument("--fine_tune_steps", type=int, default=d.fine_tune_steps,
+                   help="After the new layer is trained, train the extractor's weights with it "
+                        "for this many steps on images (batch-norm statistics stay frozen); "
+                        "0 keeps the extractor frozen.")
+    g.add_argument("--fine_tune_learning_rate", type=float, default=d.fine_tune_learning_rate,
+                   help="Adam learning rate of fine-tuning.")
+    g.add_argument("--fine_tune_batch_size", type=int, default=d.fine_tune_batch_size,
+                   help="Images per fine-tuning step.")
+    g = p.add_argument_group("Export")
+    g.add_argument("--saved_model_dir", default=d.saved_model_dir,
+                   help="Base directory; each run adds a new <unix-epoch> version beneath it.")
+    g.add_argument("--output_labels", default=d.output_labels,
+                   help="Also write the labels, one per line, to this file (never replaced "
+                        "if it holds other labels). The model carries them in assets/labels.txt; "
+                        "unset: no extra file.")
+    g = p.add_argument_group("Output")
+    g.add_argument("--summaries_dir", default=d.summaries_dir,
+                   help="TensorBoard summaries go to a fresh run-<time> sub-directory here.")
+    g.add_argument("--print_misclassified_test_images", action="store_true",
+                   help="List the test images the new layer gets wrong.")
+    g.add_argument("--quiet", action="store_true", help="Only warnings and results; no progress bar.")
+    p.set_defaults(run=run_retrain)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """argparse type: "0.01" or "0.003,0.01,0.03" -> a tuple of floats."""
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"repeated value in {text!r}")
+    return values
+
+
+def _sweep_and_values(args, names) -> tuple[dict, tuple]:
+    values, sweep = {}, []
+    for name in names:
+        given = getattr(args, name)
+        given = _floats(given) if isinstance(given, str) else given
+        values[name] = given[0]
+        if len(given) > 1:
+            sweep.append((name, given))
+    return values, tuple(sweep)
+
+
+def retrain_config(args) -> RetrainConfig:
+    if args.architecture and args.tfhub_module != DEFAULT_MODULE:
+        raise InputError("give --tfhub_module or --architecture, not both")
+    from trxsfr.base.extractors import architecture_to_shortcut  # no TensorFlow import
+
+    module = architecture_to_shortcut(args.architecture) if args.architecture else args.tfhub_module
+    swept, sweep = _sweep_and_values(args, SWEEPABLE)
+    return RetrainConfig(  # values are checked by RetrainConfig.check
+        image_dir=args.image_dir, tfhub_module=module, image_size=args.image_size,
+        bottleneck_dir=args.bottleneck_dir, bottleneck_batch_size=args.bottleneck_batch_size,
+        how_many_training_steps=args.how_many_training_steps,
+        optimizer=args.optimizer, dropout=args.dropout, class_weight=args.class_weight,
+        early_stopping_patience=args.early_stopping_patience, sweep=sweep, **swept,
+        train_batch_size=args.train_batch_size,
+        validation_percentage=args.validation_percentage,
+        testing_percentage=args.testing_percentage,
+        eval_step_interval=args.eval_step_interval, summaries_dir=args.summaries_dir,
+        saved_model_dir=args.saved_model_dir, output_labels=args.output_labels,
+        print_misclassified_test_images=args.print_misclassified_test_images,
+        seed=args.seed,
+        flip_left_right=args.flip_left_right, random_crop=args.random_crop,
+        random_scale=args.random_scale, random_brightness=args.random_brightness,
+        augment_copies=args.augment_copies, fine_tune_steps=args.fine_tune_steps,
+        fine_tune_learning_rate=args.fine_tune_learning_rate,
+        fine_tune_batch_size=args.fine_tune_batch_size,
+    )
+
+
+def run_retrain(args) -> int:
+    from trxsfr.train.retrain import retrain
+
+    with ProgressBars(not args.quiet) as bars:
+        result = retrain(retrain_config(args), on_progress=bars)
+    out("Images per class and split:")
+    rows = [(label, c["train"], c["validation"], c["test"]) for label, c in result.counts.items()]
+    for line in table(("class", "train", "validation", "test"), rows):
+        out("  " + line)
+    if result.skipped:
+        out(f"Skipped {len(result.skipped)} file(s):")
+        for s in result.skipped:
+            out(f"  {s.path}: {s.reason}")
+    for note in result.notes:
+        out(f"Note: {note}")
+    out(f"Bottlenecks: {result.reused} reused from cache, {result.computed} computed")
+    if result.augmented:
+        out(f"Augmented views: {result.augmented[0]} reused from cache, "
+             f"{result.augmented[1]} computed")
+    if result.fine_tuned:
+        out("Fine-tuned: the exported extractor carries the fine-tuned weights")
+    if result.history and "validation_accuracy" in result.history[-1]:
+        out(f"Final validation accuracy = {100 * result.history[-1]['validation_accuracy']:.1f}%")
+    if result.test_accuracy is not None:
+        out(f"Final test accuracy = {100 * result.test_accuracy:.1f}% (N={result.test_count})")
+    if args.print_misclassified_test_images:
+        out(f"Misclassified test images: {len(result.misclassified)}")
+        for path, true, pred in result.misclassified:
+            out(f"  {path} (true: {true}, predicted: {pred})")
+    if result.sweep:
+        names = [n for n in SWEEPABLE if n in result.sweep[0]]
+        out("Sweep (lowest validation cross entropy is exported):")
+        rows = [[f"{r[n]:g}" for n in names] + [f"{r['validation_cross_entropy']:.4f}",
+                f"{100 * r['validation_accuracy']:.1f}%", f"{r['seconds']:.1f}s",
+                "<- exported" if r["chosen"] else ""] for r in result.sweep]
+        for line in table(names + ["val_xent", "val_acc", "time", ""], rows):
+            out("  " + line)
+    if result.summary_dir:
+        out(f"TensorBoard summaries: {result.summary_dir}")
+    out(result.version_dir)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- fixtures
+
+def add_fixtures_parser(sub) -> None:
+    p = sub.add_parser(
+        "fixtures", formatter_class=Formatter,
+        help="Write a tiny feature extractor and tiny class folders to smoke-test offline.",
+        description="Writes OUT_DIR/module (a tiny TF-Hub-style feature-vector SavedModel with "
+                    "fixed random weights), OUT_DIR/images (class folders to train on) and "
+                    "OUT_DIR/heldout (class folders to evaluate on). Nothing is downloaded.",
+    )
+    p.add_argument("out_dir", help="A new or empty directory.")
+    p.add_argument("--per_class", type=int, default=40, help="Training images per class.")
+    p.add_argument("--heldout_per_class", type=int, default=12, help="Held-out images per class.")
+    p.set_defaults(run=run_fixtures)
+
+
+def run_fixtures(args) -> int:
+    from trxsfr.kit import write_fixtures
+
+    if args.per_class < 1 or args.heldout_per_class < 1:
+        raise InputError("--per_class and --heldout_per_class must be positive")
+    paths = write_fixtures(args.out_dir, args.per_class, args.heldout_per_class)
+    for name, path in paths.items():
+        out(f"{name}: {path}")
+    out(f"try: trxsfr retrain --image_dir {paths['images']} --tfhub_module {paths['module']}")
+    return EXIT_OK
+
+
