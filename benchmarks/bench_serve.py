@@ -328,7 +328,7 @@ def report_serving(r: dict) -> list[str]:
 def tflite_table(paths: dict, runs: int) -> list[dict]:
     from trxsfr.use import labeling
     from trxsfr import lite
-    from trxsfr.use.classifier import load
+    from trxsfr.use.models import load
     from trxsfr.info import disk_bytes, time_forward
 
     out_dir = tempfile.mkdtemp(prefix="tflite-", dir=paths["work"])  # a new folder: never overwrite

@@ -177,11 +177,11 @@ def byte_files(folder, n=5):
 
 
 def count_hashing(monkeypatch) -> list:
-    """The paths bottlenecks reads and hashes from now on, in the list returned."""
+    """The paths the cache reads and hashes from now on, in the list returned."""
     from trxsfr.train import cache
 
     calls, real = [], cache._file_key
-    monkeypatch.setattr(bottlenecks, "_file_key", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(cache, "_file_key", lambda p: calls.append(p) or real(p))
     return calls
 
 
@@ -214,21 +214,21 @@ def test_key_prefetch_hashes_what_no_index_knows_and_content_keys_trusts_it(tmp_
     from trxsfr.train import cache
 
     files = byte_files(tmp_path)
-    cache = tmp_path / "cache"
-    assert cache.KeyPrefetch(str(cache), files).stop(finish=True) != []  # no cache yet
-    (cache / "other-store").mkdir(parents=True)
-    cache.content_keys(files[:2], cache.PathIndex(str(cache / "other-store" / "paths.idx")))
+    root = tmp_path / "cache"
+    assert cache.KeyPrefetch(str(root), files).stop(finish=True) != []  # no cache yet
+    (root / "other-store").mkdir(parents=True)
+    cache.content_keys(files[:2], cache.PathIndex(str(root / "other-store" / "paths.idx")))
 
     missing = str(tmp_path / "gone.jpg")  # left for content_keys to report
-    rows = cache.KeyPrefetch(str(cache), files + [missing]).stop(finish=True)
+    rows = cache.KeyPrefetch(str(root), files + [missing]).stop(finish=True)
     assert sorted(path for path, _, _ in rows) == files[2:]  # 0 and 1 are indexed, unchanged
     st = os.stat(files[3])
     with open(files[3], "wb") as f:  # changed after it was hashed
         f.write(b"\xff" * 100)
     os.utime(files[3], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
 
-    (cache / "store").mkdir()
-    index = cache.PathIndex(str(cache / "store" / "paths.idx"))
+    (root / "store").mkdir()
+    index = cache.PathIndex(str(root / "store" / "paths.idx"))
     index.add_many(rows)
     calls = count_hashing(monkeypatch)
     got, failed = cache.content_keys(files + [missing], index)

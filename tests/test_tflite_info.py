@@ -93,7 +93,7 @@ def test_float_tflite_agrees_with_the_saved_model(tflite_models, trained, fx):
 def test_both_formats_take_an_empty_batch(tflite_models, trained):
     """Library callers get [0, classes] for no images from either format (TF's convolutions
     raise an obscure error on an empty batch)."""
-    from trxsfr.use.classifier import load
+    from trxsfr.use.models import load
 
     for model in (trained["version_dir"], tflite_models["none"]):
         clf = load(model)

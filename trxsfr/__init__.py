@@ -26,7 +26,7 @@ def retrain(config, on_progress=None):
 
 def load(path):
     """A `Predictor` for a SavedModel version dir, its base dir (highest version) or a .tflite."""
-    from trxsfr.use.classifier import load as _load
+    from trxsfr.use.models import load as _load
 
     return _load(path)
 

@@ -284,7 +284,7 @@ def run(model: str, paths: Sequence[str], out_dir: str, label: Optional[str] = N
             or `out_dir` is a file.
         ModelError: `model` is not a trxsfr model.
     """
-    from trxsfr.use import classifier
+    from trxsfr.use import models
 
     if steps < 1:
         raise InputError(f"--steps must be at least 1, got {steps}")
@@ -297,7 +297,7 @@ def run(model: str, paths: Sequence[str], out_dir: str, label: Optional[str] = N
     if not paths:
         raise InputError("nothing to explain: pass one or more image files")
     files.check_folder(out_dir, "--out")
-    clf = classifier.load(model)
+    clf = models.load(model)
     if label is not None and label not in clf.labels:
         raise InputError(f"--class {label!r} is not one of the model's labels "
                          f"({', '.join(clf.labels)})")

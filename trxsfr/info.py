@@ -98,7 +98,7 @@ def measure(model: str, batch_size: int = 32, runs: int = 20) -> Footprint:
         ModelError: `model` is not a trxsfr model.
     """
     from trxsfr.base import contract
-    from trxsfr.use import classifier
+    from trxsfr.use import models
 
     if batch_size < 1 or runs < 1:
         raise InputError("--batch_size and --runs must be positive")
@@ -106,7 +106,7 @@ def measure(model: str, batch_size: int = 32, runs: int = 20) -> Footprint:
         importlib.import_module("tensorflow")
 
     before = rss_bytes()
-    clf = classifier.load(model)
+    clf = models.load(model)
     after = rss_bytes()
     single = time_forward(clf, 1, runs)
     batched = time_forward(clf, batch_size, max(3, runs // 4))

@@ -113,7 +113,7 @@ def convert(model: str, out: str, quantize: str = "none",
     clf = Classifier(model)
     height, width = clf.image_size
     start = time.perf_counter()
-    images_fn = clf.saved_model.signatures["predict_images"]
+    images_fn = clf.saved_model.signatures[contract.SIGNATURE_IMAGES]
 
     class ProbabilitiesOnly(tf.Module):
         """The classifier on one float image, probabilities out (TFLite has no string outputs)."""
@@ -122,9 +122,12 @@ def convert(model: str, out: str, quantize: str = "none",
             super().__init__(name="trxsfr_tflite")
             self.model = clf.saved_model
 
-        @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, name="images")])
+        @tf.function(input_signature=[
+            tf.TensorSpec([1, height, width, 3], tf.float32, name=contract.INPUT_IMAGES)])
         def serve(self, images):
-            return {"probabilities": images_fn(images=images)["probabilities"]}
+            probabilities = images_fn(**{contract.INPUT_IMAGES: images})[
+                contract.OUTPUT_PROBABILITIES]
+            return {contract.OUTPUT_PROBABILITIES: probabilities}
 
     module = ProbabilitiesOnly()
     converter = tf.lite.TFLiteConverter.from_concrete_functions(

@@ -69,7 +69,7 @@ def add_label_parser(sub) -> None:
 
 
 def run_label(args) -> int:
-    from trxsfr.use import classifier, labeling
+    from trxsfr.use import labeling, models
 
     config = LabelConfig(model=args.model, inputs=tuple(args.inputs) + tuple(args.image),
                          top_k=args.top_k, batch_size=args.batch_size,
@@ -80,7 +80,7 @@ def run_label(args) -> int:
 
         html_report.check_output(args.report)  # before the work, not after it
     process.import_tensorflow_quietly()  # after the checks above, which need no TensorFlow
-    predictor = process.quietly(classifier.load, config.model)
+    predictor = process.quietly(models.load, config.model)
     with ProgressBars(not args.quiet and args.format != "json") as bars:
         run = labeling.run(predictor, config.inputs, batch_size=config.batch_size,
                            on_progress=bars, labels_file=args.labels,

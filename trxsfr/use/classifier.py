@@ -3,7 +3,7 @@
 `Predictor` is what every way of running a model offers (`label`, `serve`,
 `info`, `report` and `explain` rely on nothing else); `Classifier` runs a
 SavedModel with TensorFlow, `interpreter.TFLiteClassifier` a `.tflite` with
-LiteRT. `load(path)` picks one.
+LiteRT. `models.load(path)` picks one.
 """
 
 from __future__ import annotations
@@ -206,15 +206,3 @@ class Classifier:
                   for i in np.flatnonzero(~returned)]
         ok = [int(i) for i in np.flatnonzero(returned)]
         return Predictions(probs[ok], ok, failed, seconds)
-
-
-def load(path: str) -> Predictor:
-    """A SavedModel version/base directory, or a `.tflite` file from `export-tflite`."""
-    if contract.is_tflite(path):
-        from trxsfr.use.interpreter import TFLiteClassifier
-
-        return TFLiteClassifier(str(path))
-    if os.path.isfile(path):
-        raise ModelError(f"model {path} is a file but not a .tflite one (pass a SavedModel "
-                         f"version dir, its base dir or a {contract.TFLITE_SUFFIX} file)")
-    return Classifier(path)

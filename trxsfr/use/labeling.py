@@ -200,7 +200,7 @@ def run(predictor: Predictor, inputs: Sequence[str], batch_size: int = FORWARD_B
     """Predict every image under `inputs` with a loaded model; evaluate those with a known label.
 
     Args:
-        predictor: `classifier.load(path)`.
+        predictor: `models.load(path)`.
         on_progress: told of each batch ("label").
         labels_file: label_image.py's --labels; only checked against the model's own.
         evaluation_required_by: what needs an evaluation set (e.g. "--min_accuracy").
