@@ -11,7 +11,7 @@ import json
 import logging
 
 from trxsfr.cli import EXIT_OK, _Formatter, _out
-from trxsfr.base.config import LabelConfig
+from trxsfr.base.config import LabelConfig, ServeConfig
 from trxsfr.base.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def add_deploy_parsers(sub) -> None:
 # ---------------------------------------------------------------- serve
 
 def add_serve_parser(sub) -> None:
-    from trxsfr.serve.app import ServeConfig as d
+    d = ServeConfig
 
     p = sub.add_parser(
         "serve", formatter_class=_Formatter,
@@ -94,9 +94,9 @@ def _version_labels(items) -> tuple:
 
 
 def run_serve(args) -> int:
-    from trxsfr.serve import app as serving
+    from trxsfr.serve.app import serve
 
-    config = serving.ServeConfig(
+    config = ServeConfig(
         model_base_path=args.model_base_path, model_name=args.model_name, host=args.host,
         port=args.port, max_batch_size=args.max_batch_size,
         batch_timeout_micros=args.batch_timeout_micros, max_body_bytes=args.max_body_bytes,
@@ -106,12 +106,13 @@ def run_serve(args) -> int:
         version_labels=_version_labels(args.version_label),
         access_log=not args.quiet,
     )
+
     def ready(url: str, version: int) -> None:
         # The one stdout line: scripts read the address from it (useful with --port 0).
         _out(f"serving model {config.model_name} version {version} at {url}/v1/models/"
              f"{config.model_name} (upload page: {url}/)")
 
-    serving.serve(config, on_ready=ready)
+    serve(config, on_ready=ready)  # checks the settings first
     return EXIT_OK
 
 

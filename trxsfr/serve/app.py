@@ -52,6 +52,7 @@ from typing import Any, Optional
 import numpy as np
 
 from trxsfr.use.classifier import versions
+from trxsfr.base.config import ServeConfig
 from trxsfr.base.listing import FORMAT_NAMES
 from trxsfr.base.errors import InputError, ModelError, TrxsfrError, first_line
 from trxsfr.train.export import SIGNATURE_BYTES, SIGNATURE_IMAGES
@@ -61,26 +62,6 @@ log = logging.getLogger(__name__)
 INPUT_BYTES = "image_bytes"
 INPUT_IMAGES = "images"
 OUTPUTS = ("probabilities", "classes", "class_ids", "scores")
-
-
-@dataclasses.dataclass(frozen=True)
-class ServeConfig:
-    """Settings of one `serve` run; names follow tensorflow_model_server's flags where it has them."""
-
-    model_base_path: str = ""
-    model_name: str = "default"
-    host: str = "127.0.0.1"
-    port: int = 8501
-    max_batch_size: int = 32
-    batch_timeout_micros: int = 10_000
-    max_body_bytes: int = 32 * 1024 * 1024
-    max_images_per_request: int = 64
-    max_image_pixels: int = 40_000_000
-    poll_seconds: float = 1.0
-    parse_threads: int = 2
-    num_batch_threads: int = 2
-    version_labels: tuple = ()  # ((label, version), ...)
-    access_log: bool = True
 
 
 class BadRequest(Exception):
@@ -934,24 +915,6 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def check_config(config: ServeConfig) -> None:
-    """Raises InputError for settings that cannot work."""
-    positive = ("max_batch_size", "max_body_bytes", "max_images_per_request", "max_image_pixels",
-                "parse_threads", "num_batch_threads")
-    for name in positive:
-        if getattr(config, name) <= 0:
-            raise InputError(f"--{name} must be positive, got {getattr(config, name)}")
-    if config.batch_timeout_micros < 0:
-        raise InputError("--batch_timeout_micros must be 0 or more")
-    if not 0 < config.poll_seconds <= 86_400:  # NaN fails too; threading's wait overflows on inf
-        raise InputError(f"--file_system_poll_wait_seconds must be in (0, 86400], "
-                         f"got {config.poll_seconds}")
-    if not 0 <= config.port <= 65535:
-        raise InputError(f"--port {config.port} is not a TCP port")
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", config.model_name):
-        raise InputError(f"--model_name {config.model_name!r}: use letters, digits, '_', '-' and '.'")
-
-
 def serve(config: ServeConfig, on_ready=None) -> None:
     """Load the highest working version, bind, and serve until SIGINT/SIGTERM.
 
@@ -965,7 +928,7 @@ def serve(config: ServeConfig, on_ready=None) -> None:
     """
     import uvicorn
 
-    check_config(config)
+    config.check()
     base = config.model_base_path
     if not os.path.isdir(base):
         raise ModelError(f"--model_base_path {base} is not a directory")
