@@ -354,7 +354,8 @@ def test_batcher_joins_concurrent_requests_and_routes_results():
     import asyncio
     import types
 
-    from trxsfr.serve.app import Batcher, LoadedVersion
+    from trxsfr.serve.batcher import Batcher
+    from trxsfr.serve.versions import LoadedVersion
 
     sizes = []
 
@@ -390,7 +391,8 @@ def test_batcher_runs_up_to_num_batch_threads_batches_at_once(threads):
     import threading
     import types
 
-    from trxsfr.serve.app import Batcher, LoadedVersion
+    from trxsfr.serve.batcher import Batcher
+    from trxsfr.serve.versions import LoadedVersion
 
     lock, running, most = threading.Lock(), [0], [0]
 
@@ -433,7 +435,9 @@ def test_a_broken_image_fails_its_own_request_not_its_batch(trained, fx, tmp_pat
 
     import tensorflow as tf
 
-    from trxsfr.serve.app import Batcher, BadRequest, Encoded, load_version
+    from trxsfr.serve.batcher import Batcher
+    from trxsfr.serve.rest import BadRequest, Encoded
+    from trxsfr.serve.versions import load_version
 
     base, version = os.path.split(trained["version_dir"])
     if made_with == "older preprocessing":
@@ -482,7 +486,8 @@ def test_a_batch_of_encoded_images_is_decoded_and_classified_in_one_call(trained
     those of the model's own serving signature."""
     import tensorflow as tf
 
-    from trxsfr.serve.app import Encoded, load_version
+    from trxsfr.serve.rest import Encoded
+    from trxsfr.serve.versions import load_version
 
     base, version = os.path.split(trained["version_dir"])
     lv = load_version(base, int(version))
@@ -561,7 +566,7 @@ def test_serve_config_check_gives_python_callers_the_cli_errors(tmp_path):
 
     from trxsfr.base.config import ServeConfig
     from trxsfr.base.errors import InputError
-    from trxsfr.serve.app import serve
+    from trxsfr.serve import serve
 
     ServeConfig().check()
     bad = {

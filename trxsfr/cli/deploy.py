@@ -94,7 +94,7 @@ def _version_labels(items) -> tuple:
 
 
 def run_serve(args) -> int:
-    from trxsfr.serve.app import serve
+    from trxsfr.serve import serve
 
     config = ServeConfig(
         model_base_path=args.model_base_path, model_name=args.model_name, host=args.host,
