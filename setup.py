@@ -13,6 +13,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["trxsfr", "trxsfr.*"]),
+    # serve's upload page, read with importlib.resources.
+    package_data={"trxsfr.serve": ["page.html"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tensorflow-hub>=0.16.1,<0.17",

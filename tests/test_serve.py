@@ -354,7 +354,8 @@ def test_batcher_joins_concurrent_requests_and_routes_results():
     import asyncio
     import types
 
-    from trxsfr.serve.app import Batcher, LoadedVersion
+    from trxsfr.serve.batcher import Batcher
+    from trxsfr.serve.versions import LoadedVersion
 
     sizes = []
 
@@ -390,7 +391,8 @@ def test_batcher_runs_up_to_num_batch_threads_batches_at_once(threads):
     import threading
     import types
 
-    from trxsfr.serve.app import Batcher, LoadedVersion
+    from trxsfr.serve.batcher import Batcher
+    from trxsfr.serve.versions import LoadedVersion
 
     lock, running, most = threading.Lock(), [0], [0]
 
@@ -433,7 +435,9 @@ def test_a_broken_image_fails_its_own_request_not_its_batch(trained, fx, tmp_pat
 
     import tensorflow as tf
 
-    from trxsfr.serve.app import Batcher, BadRequest, Encoded, load_version
+    from trxsfr.serve.batcher import Batcher
+    from trxsfr.serve.rest import BadRequest, Encoded
+    from trxsfr.serve.versions import load_version
 
     base, version = os.path.split(trained["version_dir"])
     if made_with == "older preprocessing":
@@ -482,7 +486,8 @@ def test_a_batch_of_encoded_images_is_decoded_and_classified_in_one_call(trained
     those of the model's own serving signature."""
     import tensorflow as tf
 
-    from trxsfr.serve.app import Encoded, load_version
+    from trxsfr.serve.rest import Encoded
+    from trxsfr.serve.versions import load_version
 
     base, version = os.path.split(trained["version_dir"])
     lv = load_version(base, int(version))
@@ -519,6 +524,8 @@ def test_serve_refuses_what_cannot_work(trained, tmp_path):
     assert "not serving version 3" in r.err
     r = run_cli("serve", "--model_base_path", trained["base"], "--version_label", "stable")
     assert r.code == 2 and "LABEL=VERSION" in r.err, r
+    assert_bad_input(run_cli("serve", "--model_base_path", trained["base"],
+                             "--version_label", "a/b=1"), "--version_label a/b=1", "'/'")
     for flag in ("--max_batch_size", "--num_batch_threads"):
         r = run_cli("serve", "--model_base_path", trained["base"], flag, "0")
         assert r.code == 2 and f"{flag} must be positive" in r.err, r
@@ -551,3 +558,36 @@ def test_serve_refuses_what_cannot_work(trained, tmp_path):
         assert r.code == 2 and "cannot listen on 127.0.0.1:" in r.err, r
     finally:
         taken.close()
+
+
+def test_serve_config_check_gives_python_callers_the_cli_errors(tmp_path):
+    """Unit: ServeConfig.check() holds every settings check; serve() runs it before loading."""
+    import math
+
+    from trxsfr.base.config import ServeConfig
+    from trxsfr.base.errors import InputError
+    from trxsfr.serve import serve
+
+    ServeConfig().check()
+    bad = {
+        "max_batch_size": (0, "--max_batch_size must be positive, got 0"),
+        "max_body_bytes": (-1, "--max_body_bytes must be positive"),
+        "max_images_per_request": (0, "--max_images_per_request must be positive"),
+        "max_image_pixels": (0, "--max_image_pixels must be positive"),
+        "parse_threads": (0, "--parse_threads must be positive"),
+        "num_batch_threads": (0, "--num_batch_threads must be positive"),
+        "batch_timeout_micros": (-1, "--batch_timeout_micros must be 0 or more"),
+        "poll_seconds": (math.inf, "--file_system_poll_wait_seconds must be in (0, 86400]"),
+        "port": (65536, "--port 65536 is not a TCP port"),
+        "model_name": ("a b", "--model_name 'a b'"),
+        "version_labels": ((("stable", "1"),), "expected (label, version) pairs"),
+    }
+    for field, (value, words) in bad.items():
+        config = ServeConfig(model_base_path=str(tmp_path), **{field: value})
+        with pytest.raises(InputError) as e:
+            config.check()
+        assert words in str(e.value) and "\n" not in str(e.value), (field, str(e.value))
+        with pytest.raises(InputError, match=re.escape(words)):
+            serve(config)  # before anything loads or listens
+    with pytest.raises(InputError, match="a label cannot be empty"):
+        ServeConfig(version_labels=(("", 1),)).check()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Callable, Optional
 
 from trxsfr.base.errors import InputError
@@ -139,3 +140,50 @@ class LabelConfig:
 def default_eval_interval(steps: int) -> int:
     """Evaluate about 100 times per run, at least every step for tiny runs."""
     return max(1, steps // 100)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """Settings of one `serve` run; names follow tensorflow_model_server's flags where it has them."""
+
+    model_base_path: str = ""
+    model_name: str = "default"
+    host: str = "127.0.0.1"
+    port: int = 8501  # TF Serving's REST port; 0 picks a free one
+    max_batch_size: int = 32
+    batch_timeout_micros: int = 10_000
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_images_per_request: int = 64
+    max_image_pixels: int = 40_000_000
+    poll_seconds: float = 1.0  # flag: --file_system_poll_wait_seconds
+    parse_threads: int = 2
+    num_batch_threads: int = 2
+    version_labels: tuple[tuple[str, int], ...] = ()  # ((label, version), ...)
+    access_log: bool = True
+
+    def check(self) -> None:
+        """Raises InputError, naming the flag, for settings that cannot work."""
+        positive = ("max_batch_size", "max_body_bytes", "max_images_per_request",
+                    "max_image_pixels", "parse_threads", "num_batch_threads")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise InputError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.batch_timeout_micros < 0:
+            raise InputError("--batch_timeout_micros must be 0 or more")
+        if not 0 < self.poll_seconds <= 86_400:  # NaN fails too; threading's wait overflows on inf
+            raise InputError(f"--file_system_poll_wait_seconds must be in (0, 86400], "
+                             f"got {self.poll_seconds}")
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"--port {self.port} is not a TCP port")
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.model_name):
+            raise InputError(f"--model_name {self.model_name!r}: use letters, digits, '_', '-' "
+                             f"and '.'")
+        for item in self.version_labels:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)
+                    and isinstance(item[1], int) and item[1] >= 0):
+                raise InputError(f"version_labels holds {item!r}; expected (label, version) "
+                                 f"pairs such as ('stable', 1763900000)")
+            # A label is one segment of the URL /v1/models/NAME/labels/LABEL.
+            if not re.fullmatch(r"[^/:]+", item[0]):
+                raise InputError(f"--version_label {item[0]}={item[1]}: a label cannot be empty "
+                                 f"or hold '/' or ':'")

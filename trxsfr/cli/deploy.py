@@ -1,7 +1,7 @@
 """Command line of the deployment commands: `serve`, `export-tflite`, `info`.
 
-Registered by `cli.build_parser`; like cli.py, this only parses flags, calls
-the library and prints results (serve, export, footprint hold the logic).
+Registered by `cli.build_parser`; this only parses flags, calls the library and
+prints results (`trxsfr.serve`, `trxsfr.lite` and `trxsfr.info` hold the logic).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import json
 import logging
 
-from trxsfr.base.config import LabelConfig
+from trxsfr.base.config import LabelConfig, ServeConfig
 from trxsfr.base.errors import InputError
 from trxsfr.cli import process
 from trxsfr.cli.common import EXIT_OK, Formatter, out
@@ -27,7 +27,7 @@ def add_deploy_parsers(sub) -> None:
 # ---------------------------------------------------------------- serve
 
 def add_serve_parser(sub) -> None:
-    from trxsfr.serve.app import ServeConfig as d
+    d = ServeConfig
 
     p = sub.add_parser(
         "serve", formatter_class=Formatter,
@@ -95,9 +95,9 @@ def _version_labels(items) -> tuple:
 
 
 def run_serve(args) -> int:
-    from trxsfr.serve import app as serving
+    from trxsfr.serve import serve
 
-    config = serving.ServeConfig(
+    config = ServeConfig(
         model_base_path=args.model_base_path, model_name=args.model_name, host=args.host,
         port=args.port, max_batch_size=args.max_batch_size,
         batch_timeout_micros=args.batch_timeout_micros, max_body_bytes=args.max_body_bytes,
@@ -107,12 +107,13 @@ def run_serve(args) -> int:
         version_labels=_version_labels(args.version_label),
         access_log=not args.quiet,
     )
+
     def ready(url: str, version: int) -> None:
         # The one stdout line: scripts read the address from it (useful with --port 0).
         out(f"serving model {config.model_name} version {version} at {url}/v1/models/"
              f"{config.model_name} (upload page: {url}/)")
 
-    serving.serve(config, on_ready=ready)
+    serve(config, on_ready=ready)  # checks the settings first
     return EXIT_OK
 
 

@@ -1,0 +1,16 @@
+"""`trxsfr serve`: an add-on that serves a model base directory over TensorFlow Serving's REST API.
+
+Modules, each with one job:
+
+- `app`: the Starlette app and its routes (the API is described there), `serve(config)`;
+- `rest`: TF Serving's JSON wire format: parsing and checking requests, formatting answers;
+- `batcher`: joins the images of concurrent requests into shared forward passes;
+- `versions`: loads, warms up and hot-swaps the model versions found in the base directory;
+- `page.html`: the upload page served at `/`.
+
+Settings are `trxsfr.base.config.ServeConfig`. Imports `trxsfr.use` and `trxsfr.base` only.
+"""
+
+from trxsfr.serve.app import serve
+
+__all__ = ["serve"]

@@ -1,0 +1,212 @@
+"""TF Serving's REST wire format for a trxsfr model: request bodies in, JSON out.
+
+`parse_request` reads a `:predict` body in the row ("instances") or columnar
+("inputs") format, for either signature: encoded images as `{"b64": ...}` to
+the bytes signature, or float32 [N, H, W, 3] in [0, 1] to the images
+signature. It checks names, shapes, value ranges and the per-request limits,
+and reads each encoded image's header (format, animation, pixel count) without
+decoding it. `format_response` turns probabilities into TF Serving's
+"predictions" or "outputs". Anything wrong is a `BadRequest` whose message is
+the `{"error": ...}` the client gets.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import io
+import json
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trxsfr.base.config import ServeConfig
+from trxsfr.base.contract import (
+    INPUT_BYTES,
+    INPUT_IMAGES,
+    OUTPUT_CLASS_IDS,
+    OUTPUT_CLASSES,
+    OUTPUT_PROBABILITIES,
+    OUTPUT_SCORES,
+    OUTPUTS,
+    SIGNATURE_BYTES,
+    SIGNATURE_IMAGES,
+)
+from trxsfr.base.listing import FORMAT_NAMES
+
+if TYPE_CHECKING:
+    from trxsfr.serve.versions import LoadedVersion
+
+# Pillow's names of the formats tf.io.decode_image reads (MPO: a camera's JPEG).
+DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
+
+
+class BadRequest(Exception):
+    """The client sent something we cannot serve: HTTP 400 (or `status`) with this message."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """One encoded image of a request, its header already checked."""
+
+    data: bytes
+    where: str  # "image 3", for error messages
+    format: str  # PIL's name: JPEG, PNG, ...
+
+
+def _b64(value: Any, where: str) -> bytes:
+    if not isinstance(value, dict) or set(value) != {"b64"} or not isinstance(value["b64"], str):
+        raise BadRequest(f"{where}: binary image data must be given as {{\"b64\": \"<base64 string>\"}}, "
+                         f"got {_describe(value)}")
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise BadRequest(f"{where}: the \"b64\" value is not valid base64 ({e})") from e
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "an object with keys " + ", ".join(repr(k) for k in list(value)[:5])
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    return type(value).__name__ if value is not None else "null"
+
+
+@dataclasses.dataclass
+class ParsedRequest:
+    signature: str
+    row_format: bool
+    images: Any  # float32 [N, H, W, 3] in [0, 1], or a list of N `Encoded`
+
+
+def parse_request(body: bytes, lv: LoadedVersion, config: ServeConfig) -> ParsedRequest:
+    """Parse a TF Serving :predict body and check its images for `lv` (headers and limits).
+
+    Raises:
+        BadRequest: anything wrong with the body, its names, its data or the limits.
+    """
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(f"the request body is not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise BadRequest(f"the request body must be a JSON object with \"instances\" or \"inputs\", "
+                         f"got {_describe(doc)}")
+    signature = doc.get("signature_name") or SIGNATURE_BYTES
+    if signature not in (SIGNATURE_BYTES, SIGNATURE_IMAGES):
+        raise BadRequest(f"Serving signature name: \"{signature}\" not found in signature def "
+                         f"(this model has \"{SIGNATURE_BYTES}\" and \"{SIGNATURE_IMAGES}\")")
+    unknown = set(doc) - {"signature_name", "instances", "inputs"}
+    if unknown:
+        raise BadRequest(f"unknown key(s) {', '.join(sorted(map(repr, unknown)))} in the request; "
+                         f"expected \"signature_name\" and \"instances\" or \"inputs\"")
+    if ("instances" in doc) == ("inputs" in doc):
+        raise BadRequest("the request must have exactly one of \"instances\" (row format) "
+                         "or \"inputs\" (columnar format)")
+    input_name = INPUT_BYTES if signature == SIGNATURE_BYTES else INPUT_IMAGES
+    row = "instances" in doc
+    if row:
+        values = doc["instances"]
+        if not isinstance(values, list):
+            raise BadRequest(f"\"instances\" must be a list, got {_describe(values)}")
+        values = [_unwrap_named(v, input_name, signature, f"instance {i}") for i, v in enumerate(values)]
+    else:
+        values = doc["inputs"]
+        if isinstance(values, dict) and "b64" not in values:
+            values = _unwrap_named(values, input_name, signature, "\"inputs\"")
+        if not isinstance(values, list):
+            raise BadRequest(f"\"inputs\" must hold a list of images for input \"{input_name}\", "
+                             f"got {_describe(values)}")
+    if not values:
+        raise BadRequest("the request holds no images")
+    if len(values) > config.max_images_per_request:
+        raise BadRequest(f"the request holds {len(values)} images; at most "
+                         f"{config.max_images_per_request} are allowed per request")
+    if signature == SIGNATURE_BYTES:
+        images = [_checked(_b64(v, f"image {i}"), config, f"image {i}") for i, v in enumerate(values)]
+    else:
+        images = _float_images(values, lv.image_size)
+    return ParsedRequest(signature, row, images)
+
+
+def _unwrap_named(value: Any, input_name: str, signature: str, where: str) -> Any:
+    """`{"image_bytes": X}` -> X; a bare value passes (a signature with one input may omit the name)."""
+    if isinstance(value, dict) and "b64" not in value:
+        if set(value) != {input_name}:
+            names = ", ".join(f"\"{k}\"" for k in value) or "none"
+            raise BadRequest(f"{where}: signature \"{signature}\" takes one input named "
+                             f"\"{input_name}\"; got input(s) {names}")
+        return value[input_name]
+    return value
+
+
+def _checked(data: bytes, config: ServeConfig, where: str) -> Encoded:
+    """Encoded image bytes whose header names a supported format within the pixel limit."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise BadRequest(f"{where}: empty image data")
+    try:
+        with Image.open(io.BytesIO(data)) as header:  # reads the header only
+            width, height = header.size
+            fmt = header.format
+            # TF refuses any WebP stored as an animation, even of one frame: the VP8X
+            # chunk's animation flag, not Pillow's frame count, is what it reads.
+            animated = fmt == "WEBP" and data[12:16] == b"VP8X" and bool(data[20] & 0x02)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
+        if isinstance(e, Image.DecompressionBombError):
+            raise BadRequest(f"{where}: the image has too many pixels (limit "
+                             f"{config.max_image_pixels:,})") from e
+        raise BadRequest(f"{where}: not a {FORMAT_NAMES} image") from e
+    if fmt not in DECODABLE_FORMATS:
+        raise BadRequest(f"{where}: {fmt} images are not supported; send {FORMAT_NAMES}")
+    if animated:  # TF's decoder refuses it
+        raise BadRequest(f"{where}: animated WebP is not supported; send a still image")
+    if width * height > config.max_image_pixels:
+        raise BadRequest(f"{where}: the image has {width}x{height} = {width * height:,} pixels; "
+                         f"the limit is {config.max_image_pixels:,}")
+    return Encoded(data, where, fmt)
+
+
+def _float_images(values: list, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    try:
+        images = np.asarray(values, dtype=np.float32)
+    except (ValueError, TypeError) as e:
+        raise BadRequest(f"input \"{INPUT_IMAGES}\" must be numbers shaped [N, {h}, {w}, 3]: {e}") from e
+    if images.shape[1:] != (h, w, 3):
+        raise BadRequest(f"input \"{INPUT_IMAGES}\" must be shaped [N, {h}, {w}, 3]; "
+                         f"got {list(images.shape)}")
+    if not np.all(np.isfinite(images)):
+        raise BadRequest(f"input \"{INPUT_IMAGES}\" holds NaN or infinite values")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0 or hi > 1:
+        raise BadRequest(f"input \"{INPUT_IMAGES}\" takes float pixels in [0, 1]; got values from "
+                         f"{lo:g} to {hi:g} (divide 8-bit pixels by 255, or send the encoded "
+                         f"image as {{\"b64\": ...}} to \"{SIGNATURE_BYTES}\")")
+    return images
+
+
+def format_response(probs: np.ndarray, labels: list[str], row_format: bool) -> dict:
+    """probabilities float32 [N, C] -> TF Serving's "predictions" (row) or "outputs" (columnar).
+
+    Ranking is a stable descending sort, as tf.math.top_k in the exported signature.
+    """
+    order = np.argsort(-probs, axis=1, kind="stable")
+    scores = np.take_along_axis(probs, order, axis=1)
+    out = {
+        OUTPUT_PROBABILITIES: probs.tolist(),
+        OUTPUT_CLASSES: [[labels[j] for j in row] for row in order],
+        OUTPUT_CLASS_IDS: order.tolist(),
+        OUTPUT_SCORES: scores.tolist(),
+    }
+    if row_format:
+        return {"predictions": [{name: out[name][i] for name in OUTPUTS} for i in range(len(probs))]}
+    return {"outputs": out}
