@@ -19,6 +19,9 @@ DEFAULT_MODULE = "mobilenet_v2_100_224"
 # (imaging.FORWARD_STREAMS). 2 x 16 ran as fast as 2 x 32 on 2 cores, and peaks
 # lower in memory than 1 x 32 (1,080 vs 1,140 MiB extracting MobileNet-V2 bottlenecks).
 FORWARD_BATCH_SIZE = 16
+# Largest image (width x height, from its header) any command decodes: a 1 MB PNG can
+# declare 400 megapixels (1.2 GB decoded). 40 MP holds every camera's photos.
+MAX_IMAGE_PIXELS = 40_000_000
 
 
 # RetrainConfig fields that take comma-separated values (a sweep).
@@ -63,6 +66,7 @@ class RetrainConfig:
     output_labels: Optional[str] = None
     print_misclassified_test_images: bool = False
     seed: int = 0
+    max_image_pixels: int = MAX_IMAGE_PIXELS
 
     def swept(self, name: str) -> tuple:
         """The values a setting takes in this run: the sweep's, or the single one."""
@@ -100,6 +104,8 @@ class RetrainConfig:
             for v in self.swept(name):
                 if v < 0:
                     raise InputError(f"--{name} must be >= 0, got {v}")
+        if self.max_image_pixels <= 0:
+            raise InputError(f"--max_image_pixels must be positive, got {self.max_image_pixels}")
         for name in ("eval_step_interval", "image_size"):  # None: derived
             v = getattr(self, name)
             if v is not None and v <= 0:
@@ -127,8 +133,11 @@ class LabelConfig:
     top_k: int = 5
     batch_size: int = FORWARD_BATCH_SIZE
     min_accuracy: Optional[float] = None
+    max_image_pixels: int = MAX_IMAGE_PIXELS
 
     def check(self) -> None:
+        if self.max_image_pixels <= 0:
+            raise InputError(f"--max_image_pixels must be positive, got {self.max_image_pixels}")
         if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
             raise InputError(f"--min_accuracy is a fraction in [0, 1], got {self.min_accuracy}")
         if self.top_k <= 0 or self.batch_size <= 0:
@@ -154,7 +163,7 @@ class ServeConfig:
     batch_timeout_micros: int = 10_000
     max_body_bytes: int = 32 * 1024 * 1024
     max_images_per_request: int = 64
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = MAX_IMAGE_PIXELS
     poll_seconds: float = 1.0  # flag: --file_system_poll_wait_seconds
     parse_threads: int = 2
     num_batch_threads: int = 2

@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from trxsfr.base.config import MAX_IMAGE_PIXELS
 from trxsfr.base.errors import first_line
 from trxsfr.base.listing import FORMAT_NAMES
 
@@ -70,6 +71,77 @@ def _is_still_webp_with_alpha(image_bytes: tf.Tensor) -> tf.Tensor:
     return tf.logical_and(is_webp, tf.logical_or(extended, lossless))
 
 
+def _unsigned(octets: tf.Tensor, offset: int, length: int, big_endian: bool = False) -> tf.Tensor:
+    """int64 scalar: `length` bytes of uint8 `octets` from `offset`, as an unsigned integer."""
+    part = tf.cast(octets[offset:offset + length], tf.int64)
+    shifts = tf.constant([8 * i for i in range(length)][::-1 if big_endian else 1], tf.int64)
+    return tf.reduce_sum(tf.bitwise.left_shift(part, shifts))
+
+
+def header_size(image_bytes: tf.Tensor) -> tf.Tensor:
+    """int64 [2]: (height, width) from an image's header, without decoding it; (-1, -1)
+    for a format or header this does not know (the decoder then says what is wrong).
+
+    JPEG through libjpeg's header reader; PNG (IHDR), GIF (logical screen), BMP
+    (BITMAPINFOHEADER, either row order) and WebP (VP8, VP8L, VP8X) from their
+    fixed header fields.
+    """
+    head = tf.strings.join([tf.strings.substr(image_bytes, 0, 30), b"\0" * 30])
+    octets = tf.io.decode_raw(tf.strings.substr(head, 0, 30), tf.uint8)
+    magic4, chunk = tf.strings.substr(head, 0, 4), tf.strings.substr(head, 12, 4)
+    unknown = tf.constant([-1, -1], tf.int64)
+
+    def jpeg():
+        return tf.cast(tf.image.extract_jpeg_shape(image_bytes)[:2], tf.int64)
+
+    def png():
+        return tf.stack([_unsigned(octets, 20, 4, True), _unsigned(octets, 16, 4, True)])
+
+    def gif():
+        return tf.stack([_unsigned(octets, 8, 2), _unsigned(octets, 6, 2)])
+
+    def bmp():  # a negative height (top-down rows) is a two's complement int32
+        height = _unsigned(octets, 22, 4)
+        height = tf.where(height >= 2**31, 2**32 - height, height)
+        return tf.stack([height, _unsigned(octets, 18, 4)])
+
+    def webp():
+        lossy = tf.stack([tf.bitwise.bitwise_and(_unsigned(octets, 28, 2), 0x3FFF),
+                          tf.bitwise.bitwise_and(_unsigned(octets, 26, 2), 0x3FFF)])
+        bits = _unsigned(octets, 21, 4)
+        lossless = tf.stack([tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 14), 0x3FFF) + 1,
+                             tf.bitwise.bitwise_and(bits, 0x3FFF) + 1])
+        extended = tf.stack([_unsigned(octets, 27, 3) + 1, _unsigned(octets, 24, 3) + 1])
+        return tf.case([(tf.equal(chunk, b"VP8 "), lambda: lossy),
+                        (tf.equal(chunk, b"VP8L"), lambda: lossless),
+                        (tf.equal(chunk, b"VP8X"), lambda: extended)], default=lambda: unknown)
+
+    is_webp = tf.logical_and(tf.equal(magic4, b"RIFF"),
+                             tf.equal(tf.strings.substr(head, 8, 4), b"WEBP"))
+    return tf.case([
+        (tf.io.is_jpeg(image_bytes), jpeg),
+        (tf.equal(magic4, b"\x89PNG"), png),
+        (tf.equal(tf.strings.substr(head, 0, 3), b"GIF"), gif),
+        (tf.equal(tf.strings.substr(head, 0, 2), b"BM"), bmp),
+        (is_webp, webp),
+    ], default=lambda: unknown)
+
+
+TOO_LARGE = "image too large to decode"
+
+
+def within_pixel_limit(image_bytes: tf.Tensor, max_pixels: int) -> tf.Tensor:
+    """`image_bytes` once its header says at most `max_pixels` pixels; else the op fails
+    (InvalidArgumentError naming TOO_LARGE) before anything is decoded, so a small file
+    that decodes to gigabytes (a decompression bomb) costs nothing."""
+    height_width = header_size(image_bytes)
+    check = tf.debugging.assert_less_equal(
+        tf.reduce_prod(tf.maximum(height_width, 0)), tf.constant(max_pixels, tf.int64),
+        message=TOO_LARGE)
+    with tf.control_dependencies([check]):
+        return tf.identity(image_bytes)
+
+
 def decode_and_resize(image_bytes: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     """Decode one encoded image and resize it for the feature extractor.
 
@@ -109,24 +181,27 @@ SeededView = Callable[[tf.Tensor, tuple[int, int], tf.Tensor], tf.Tensor]
 
 def image_dataset(paths: Sequence[str], size: tuple[int, int], batch_size: int,
                   view: Optional[SeededView] = None,
-                  seeds: Optional[np.ndarray] = None) -> tf.data.Dataset:
+                  seeds: Optional[np.ndarray] = None,
+                  max_pixels: int = MAX_IMAGE_PIXELS) -> tf.data.Dataset:
     """Files -> batches of (int64 [B] positions in `paths`, float32 [B, H, W, 3] in [0, 1]).
 
     Decoding runs in parallel and overlaps whatever consumes the batches. Files
     that do not decode are dropped; the positions say which ones came through
     (ask `decode_error` why the others did not). With `view`, file i becomes
     `view(bytes, size, seeds[i])` (seeds int64 [N, 2]) instead of `decode_and_resize`.
+    A file whose header says more than `max_pixels` pixels is dropped undecoded.
     """
     positions = tf.range(len(paths), dtype=tf.int64)
     files = tf.constant(list(paths), tf.string)
     if view is None:
         def load(pos, path):
-            return pos, decode_and_resize(tf.io.read_file(path), size)
+            data = within_pixel_limit(tf.io.read_file(path), max_pixels)
+            return pos, decode_and_resize(data, size)
 
         ds = tf.data.Dataset.from_tensor_slices((positions, files))
     else:
         def load(pos, path, seed):
-            return pos, view(tf.io.read_file(path), size, seed)
+            return pos, view(within_pixel_limit(tf.io.read_file(path), max_pixels), size, seed)
 
         ds = tf.data.Dataset.from_tensor_slices((positions, files, tf.constant(seeds, tf.int64)))
     # The functions use tf.cond/switch_case themselves: AutoGraph's conversion would only
@@ -261,12 +336,16 @@ def decode_reason(error: BaseException) -> Optional[str]:
     return next((reason for needle, reason in _DECODE_ERRORS if needle in str(error)), None)
 
 
-def decode_error(path: str, size: tuple[int, int]) -> str:
+def decode_error(path: str, size: tuple[int, int], max_pixels: int = MAX_IMAGE_PIXELS) -> str:
     """Why one file does not decode, in a few words (runs eagerly; for failures only)."""
     try:
         data = tf.io.read_file(path)
         if int(tf.strings.length(data)) == 0:
             return "empty file (0 bytes)"
+        height, width = (int(v) for v in header_size(data))
+        if height * width > max_pixels:
+            return (f"too large to decode: {width}x{height} = {width * height:,} pixels, over "
+                    f"the limit of {max_pixels:,} (--max_image_pixels)")
         decode_and_resize(data, size)
     except Exception as e:  # TF raises InvalidArgumentError etc. with its own words
         return decode_reason(e) or "cannot decode: " + first_line(e, 160)

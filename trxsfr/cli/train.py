@@ -29,6 +29,9 @@ def add_retrain_parser(sub) -> None:
                    help="Percentage of images held out to validate during training (0 allowed).")
     g.add_argument("--testing_percentage", type=float, default=d.testing_percentage,
                    help="Percentage of images held out for the final test accuracy (0 allowed).")
+    g.add_argument("--max_image_pixels", type=int, default=d.max_image_pixels,
+                   help="Skip (and name) images whose header declares more pixels than this, "
+                        "without decoding them: a small file can decode to gigabytes.")
     g = p.add_argument_group("Module")
     g.add_argument("--tfhub_module", default=DEFAULT_MODULE,
                    help="Feature-vector module: TF-Hub/Kaggle URL, local SavedModel directory, "
@@ -148,7 +151,7 @@ def retrain_config(args) -> RetrainConfig:
         eval_step_interval=args.eval_step_interval, summaries_dir=args.summaries_dir,
         saved_model_dir=args.saved_model_dir, output_labels=args.output_labels,
         print_misclassified_test_images=args.print_misclassified_test_images,
-        seed=args.seed,
+        seed=args.seed, max_image_pixels=args.max_image_pixels,
         flip_left_right=args.flip_left_right, random_crop=args.random_crop,
         random_scale=args.random_scale, random_brightness=args.random_brightness,
         augment_copies=args.augment_copies, fine_tune_steps=args.fine_tune_steps,

@@ -53,6 +53,9 @@ def add_label_parser(sub) -> None:
     g.add_argument("--batch_size", type=int, default=d.batch_size,
                    help="Images per forward pass (two run at once, one for a .tflite model).")
     g.add_argument("--top_k", type=int, default=d.top_k, help="Classes listed per image.")
+    g.add_argument("--max_image_pixels", type=int, default=d.max_image_pixels,
+                   help="Skip (and name) images whose header declares more pixels than this, "
+                        "without decoding them.")
     g = p.add_argument_group("Output")
     g.add_argument("--format", choices=("text", "json", "codelab"), default="text",
                    help="text: lines and summary; json: one JSON document; codelab: "
@@ -73,7 +76,7 @@ def run_label(args) -> int:
 
     config = LabelConfig(model=args.model, inputs=tuple(args.inputs) + tuple(args.image),
                          top_k=args.top_k, batch_size=args.batch_size,
-                         min_accuracy=args.min_accuracy)
+                         min_accuracy=args.min_accuracy, max_image_pixels=args.max_image_pixels)
     config.check()
     if args.report:
         from trxsfr import report as html_report
@@ -85,7 +88,8 @@ def run_label(args) -> int:
         run = labeling.run(predictor, config.inputs, batch_size=config.batch_size,
                            on_progress=bars, labels_file=args.labels,
                            evaluation_required_by="--min_accuracy"
-                           if config.min_accuracy is not None else None)
+                           if config.min_accuracy is not None else None,
+                           max_pixels=config.max_image_pixels)
     if args.format == "json":
         out(json.dumps(run.to_json(config.top_k), indent=1))
     else:

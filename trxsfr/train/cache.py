@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from trxsfr.base import files, imaging
-from trxsfr.base.config import FORWARD_BATCH_SIZE, ProgressFn
+from trxsfr.base.config import FORWARD_BATCH_SIZE, MAX_IMAGE_PIXELS, ProgressFn
 from trxsfr.base.errors import InputError, first_line
 from trxsfr.base.listing import Skipped
 from trxsfr.train import augment
@@ -377,6 +377,7 @@ def ensure(
     on_progress: Optional[ProgressFn] = None,
     distortion: Optional[augment.Distortion] = None,
     copies: int = 0,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> EnsureResult:
     """Make sure every image in `paths` has a cached vector; return all vectors.
 
@@ -391,6 +392,7 @@ def ensure(
             distorted views per image (keyed by content, distortion and view index,
             so a rerun with the same flags computes nothing). Rows are grouped per
             image, views in order; `ok` repeats each image's position `copies` times.
+        max_pixels: images whose header says more pixels fail, undecoded.
     """
     start = time.perf_counter()
     keys, failed = content_keys(paths, store.paths)
@@ -411,7 +413,7 @@ def ensure(
             seeds = np.stack([np.frombuffer(jobs[j][1][:16], np.int64) for j in missing])
         ds = imaging.image_dataset([paths[jobs[j][0]] for j in missing], extractor.image_size,
                                    batch_size, augment.view_of(distortion) if distortion else None,
-                                   seeds)
+                                   seeds, max_pixels)
         returned = np.zeros(len(missing), bool)
         stage = "augmented views" if distortion is not None else "bottlenecks"
         for pos, vectors in imaging.map_batches(ds, lambda x: extractor(x).numpy()):
@@ -423,7 +425,7 @@ def ensure(
         bad_keys = {}
         for p in np.flatnonzero(~returned):
             i = jobs[missing[p]][0]
-            bad_keys[keys[i]] = imaging.decode_error(paths[i], extractor.image_size)
+            bad_keys[keys[i]] = imaging.decode_error(paths[i], extractor.image_size, max_pixels)
         for i, key in enumerate(keys):  # identical bytes fail identically
             if key in bad_keys:
                 bad_paths[i] = bad_keys[key]
@@ -435,7 +437,7 @@ def ensure(
         log.warning("%d cached vectors failed their checksum; computing them again", len(bad))
         redo = sorted({jobs[b][0] for b in bad})
         again = ensure([paths[i] for i in redo], extractor, store, batch_size, None,
-                       distortion, copies)
+                       distortion, copies, max_pixels)
         if again.failed or again.computed < len({jobs[b][1] for b in bad}):  # distinct keys
             raise InputError(f"bottleneck cache {store.dir} is damaged and cannot be repaired "
                              f"in place; point --bottleneck_dir somewhere new")

@@ -16,8 +16,8 @@ from trxsfr.base.listing import (
     check_dir,
     class_dirs,
     is_image_name,
-    list_files,
     not_an_image,
+    walk,
 )
 
 # Same constant as TF's retrain.py, so splits match the codelab's for flat class folders.
@@ -126,17 +126,33 @@ def discover(
         )
     items_by_class: dict[str, list[str]] = {}
     skipped: list[Skipped] = []
+    classes_of: dict[tuple[int, int], list[str]] = {}  # one real file -> its paths
     for name in class_dirs(image_dir):
         if "\n" in name:
             raise DatasetError(f"class folder name {name!r} contains a newline; rename it")
         images = []
-        for rel in list_files(os.path.join(image_dir, name)):
+        found = walk(os.path.join(image_dir, name), fence=image_dir)
+        skipped += [Skipped(f"{name}/{s.path}", s.reason) for s in found.skipped]
+        for rel, ident in zip(found.files, found.ids):
             path = f"{name}/{rel}"
             if is_image_name(rel):
                 images.append(path)
+                classes_of.setdefault(ident, []).append(path)
             else:
                 skipped.append(not_an_image(path))
         items_by_class[name] = images
+    # The same real file in two classes (hard links, or a class folder linked twice)
+    # cannot have both labels: each copy is left out and named.
+    conflicts = {path: paths for paths in classes_of.values()
+                 if len({p.split("/", 1)[0] for p in paths}) > 1 for path in paths}
+    for path, paths in sorted(conflicts.items()):
+        others = ", ".join(p for p in paths if p != path)
+        skipped.append(Skipped(path, f"the same file is also {others}: a labelling conflict; "
+                                     f"keep it in one class folder"))
+    if conflicts:
+        items_by_class = {name: [p for p in images if p not in conflicts]
+                          for name, images in items_by_class.items()}
+    skipped.sort(key=lambda s: s.path)
     labels = tuple(name for name, images in items_by_class.items() if images)
     empty = tuple(name for name, images in items_by_class.items() if not images)
     items = tuple(

@@ -163,7 +163,8 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
     try:
         store.paths.add_many(prefetched)
         cached = cache.ensure(ordered_paths, extractor, store,
-                                    config.bottleneck_batch_size, on_progress)
+                                    config.bottleneck_batch_size, on_progress,
+                            max_pixels=config.max_image_pixels)
         augmented = None
         if distortion.active:
             unreadable = {f.path for f in cached.failed}  # not decoded (and reported) again
@@ -172,7 +173,8 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
             augmented = cache.ensure(
                 [image_set.abs_path(it) for it in train_items], extractor, store,
                 config.bottleneck_batch_size, on_progress,
-                distortion=distortion, copies=config.augment_copies)
+                distortion=distortion, copies=config.augment_copies,
+                max_pixels=config.max_image_pixels)
             log.info("augmented views: %d reused from cache, %d computed (%.1fs)",
                      augmented.reused, augmented.computed, augmented.seconds)
     finally:

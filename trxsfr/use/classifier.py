@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from trxsfr.base import contract
-from trxsfr.base.config import FORWARD_BATCH_SIZE, ProgressFn
+from trxsfr.base.config import FORWARD_BATCH_SIZE, MAX_IMAGE_PIXELS, ProgressFn
 from trxsfr.base.contract import ModelInfo
 from trxsfr.base.errors import ModelError, saved_model_failure
 from trxsfr.base.listing import Skipped
@@ -50,7 +50,8 @@ class Predictor(typing.Protocol):
         """float32 [N, H, W, 3] in [0, 1] -> probabilities float32 [N, classes]."""
 
     def predict_paths(self, paths: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE,
-                      on_progress: Optional[ProgressFn] = None) -> Predictions:
+                      on_progress: Optional[ProgressFn] = None,
+                      max_pixels: int = MAX_IMAGE_PIXELS) -> Predictions:
         """Probabilities for image files, decoded as at training time."""
 
 
@@ -154,8 +155,11 @@ class Classifier:
                     self.path, made_with or "before v2", imaging.PREPROCESSING_VERSION)
         return True
 
-    def _predict_with_exported_decode(self, paths, batch_size, probs, returned) -> None:
+    def _predict_with_exported_decode(self, paths, batch_size, probs, returned,
+                                      max_pixels) -> None:
         import tensorflow as tf
+
+        from trxsfr.base import imaging
 
         serve = self._model.signatures[contract.SIGNATURE_BYTES]
 
@@ -163,8 +167,18 @@ class Classifier:
             return serve(**{contract.INPUT_BYTES: tf.constant(blobs)})[
                 contract.OUTPUT_PROBABILITIES].numpy()
 
+        def small_enough(i):
+            with open(paths[i], "rb") as f:
+                head = f.read(1 << 16)  # a JPEG's size may sit after its EXIF block
+            try:
+                size = imaging.header_size(tf.constant(head))
+            except tf.errors.InvalidArgumentError:
+                return True  # no header in the first 64 KiB: the decoder will say why
+            return int(tf.reduce_prod(size)) <= max_pixels
+
         for start in range(0, len(paths), batch_size):
-            chunk = list(range(start, min(start + batch_size, len(paths))))
+            chunk = [i for i in range(start, min(start + batch_size, len(paths)))
+                     if small_enough(i)]
             data = []
             for i in chunk:
                 with open(paths[i], "rb") as f:
@@ -181,10 +195,12 @@ class Classifier:
                         pass
 
     def predict_paths(self, paths: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE,
-                      on_progress: Optional[ProgressFn] = None) -> Predictions:
+                      on_progress: Optional[ProgressFn] = None,
+                      max_pixels: int = MAX_IMAGE_PIXELS) -> Predictions:
         """Probabilities for image files, decoded exactly as at training time.
 
-        `on_progress` is told of each batch ("label").
+        `on_progress` is told of each batch ("label"); files whose header says more
+        than `max_pixels` pixels are skipped undecoded.
         """
         from trxsfr.base import imaging
 
@@ -192,9 +208,10 @@ class Classifier:
         probs = np.zeros((len(paths), len(self.labels)), np.float32)
         returned = np.zeros(len(paths), bool)
         if paths and self.needs_own_decode:
-            self._predict_with_exported_decode(paths, batch_size, probs, returned)
+            self._predict_with_exported_decode(paths, batch_size, probs, returned, max_pixels)
         elif paths:
-            ds = imaging.image_dataset(paths, self.image_size, batch_size)
+            ds = imaging.image_dataset(paths, self.image_size, batch_size,
+                                       max_pixels=max_pixels)
             for pos, batch_probs in imaging.map_batches(ds, self.predict_images,
                                                            self.forward_streams):
                 probs[pos] = batch_probs
@@ -202,7 +219,7 @@ class Classifier:
                 if on_progress:
                     on_progress("label", len(pos), len(paths))
         seconds = time.perf_counter() - start
-        failed = [Skipped(paths[i], imaging.decode_error(paths[i], self.image_size))
+        failed = [Skipped(paths[i], imaging.decode_error(paths[i], self.image_size, max_pixels))
                   for i in np.flatnonzero(~returned)]
         ok = [int(i) for i in np.flatnonzero(returned)]
         return Predictions(probs[ok], ok, failed, seconds)

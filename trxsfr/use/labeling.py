@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from trxsfr.base import contract, listing
-from trxsfr.base.config import FORWARD_BATCH_SIZE, ProgressFn
+from trxsfr.base.config import FORWARD_BATCH_SIZE, MAX_IMAGE_PIXELS, ProgressFn
 from trxsfr.base.contract import ModelInfo
 from trxsfr.base.errors import InputError
 from trxsfr.base.listing import Skipped
@@ -49,17 +49,19 @@ def collect(inputs: Sequence[str], labels: Sequence[str]) -> tuple[list[Entry], 
         elif os.path.isdir(inp):
             subdirs = listing.class_dirs(inp)
             if any(d in labels for d in subdirs):
-                known, others = listing.labelled_folders(inp, labels)
+                known, others, passed = listing.labelled_folders(inp, labels)
                 for label, rels in known.items():
                     for rel in rels:
                         add(os.path.join(inp, rel), labels.index(label))
                 unknown += [os.path.join(inp, d) for d in others]
-                for rel in listing.list_files(inp):
-                    if "/" not in rel:
-                        add(os.path.join(inp, rel), None)
+                for name in listing.top_files(inp):
+                    add(os.path.join(inp, name), None)
             else:
-                for rel in listing.list_files(inp):
+                found = listing.walk(inp)
+                passed = found.skipped
+                for rel in found.files:
                     add(os.path.join(inp, rel), None)
+            skipped += [Skipped(os.path.join(inp, s.path), s.reason) for s in passed]
         else:
             raise InputError(f"input {inp} does not exist")
     if not entries:
@@ -196,7 +198,8 @@ _NO_EVALUATION_SET = ("needs an evaluation set: a folder whose sub-folders are n
 
 def run(predictor: Predictor, inputs: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE,
         on_progress: Optional[ProgressFn] = None, labels_file: Optional[str] = None,
-        evaluation_required_by: Optional[str] = None) -> LabelRun:
+        evaluation_required_by: Optional[str] = None,
+        max_pixels: int = MAX_IMAGE_PIXELS) -> LabelRun:
     """Predict every image under `inputs` with a loaded model; evaluate those with a known label.
 
     Args:
@@ -204,6 +207,7 @@ def run(predictor: Predictor, inputs: Sequence[str], batch_size: int = FORWARD_B
         on_progress: told of each batch ("label").
         labels_file: label_image.py's --labels; only checked against the model's own.
         evaluation_required_by: what needs an evaluation set (e.g. "--min_accuracy").
+        max_pixels: images whose header says more pixels are skipped undecoded.
 
     Raises:
         InputError: `evaluation_required_by` is given and no input image has a known
@@ -222,7 +226,7 @@ def run(predictor: Predictor, inputs: Sequence[str], batch_size: int = FORWARD_B
     entries, skipped, unknown = collect(inputs, clf.labels)
     if evaluation_required_by and all(e.truth is None for e in entries):
         raise InputError(f"{evaluation_required_by} {_NO_EVALUATION_SET}")
-    preds = clf.predict_paths([e.path for e in entries], batch_size, on_progress)
+    preds = clf.predict_paths([e.path for e in entries], batch_size, on_progress, max_pixels)
     skipped = skipped + preds.failed
     kept = [entries[i] for i in preds.ok]
     evaluation = None
