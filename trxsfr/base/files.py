@@ -65,3 +65,17 @@ def write_new(path: str, data: bytes) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_replacing(path: str, data: bytes) -> None:
+    """Replace a file trxsfr itself owns (an index it can rebuild) with `data`, atomically:
+    readers see the old file or the new one, never half of either."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                       f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -59,8 +59,17 @@ def _file_key(path: str) -> bytes:
     return digest.digest()
 
 
+def _line_crc(key_hex: str, size: int, mtime: int, ino: int, name: str) -> str:
+    return f"{zlib.crc32(f'{key_hex} {size} {mtime} {ino} {name}'.encode('utf-8')):08x}"
+
+
 class PathIndex:
-    """(path, size, mtime_ns, inode) -> content key, as an append-only text file."""
+    """(path, size, mtime_ns, inode) -> content key, as an append-only text file.
+
+    Each line carries a CRC-32 of its fields, so a line that was damaged, edited,
+    or had its key swapped with another's is ignored (that file is hashed again),
+    never trusted: a wrong key here would hand one image another's vector.
+    """
 
     def __init__(self, path: str):
         self.path = path
@@ -71,10 +80,12 @@ class PathIndex:
                 for raw in f:
                     if not raw.endswith(b"\n"):
                         break  # torn last line of a crashed run
+                    self._lines += 1
                     try:
-                        key, size, mtime, ino, name = raw[:-1].decode("utf-8").split(" ", 4)
+                        key, size, mtime, ino, crc, name = raw[:-1].decode("utf-8").split(" ", 5)
+                        if crc != _line_crc(key, int(size), int(mtime), int(ino), name):
+                            continue
                         self._entries[name] = (int(size), int(mtime), int(ino), bytes.fromhex(key))
-                        self._lines += 1
                     except ValueError:
                         continue
 
@@ -90,7 +101,7 @@ class PathIndex:
             if "\n" in path:
                 continue  # cannot be stored on one line; it is simply hashed every run
             self._entries[path] = (st.st_size, st.st_mtime_ns, st.st_ino, key)
-            lines.append(f"{key.hex()} {st.st_size} {st.st_mtime_ns} {st.st_ino} {path}\n")
+            lines.append(self._line(key, st.st_size, st.st_mtime_ns, st.st_ino, path))
         if not lines:
             return
         if self._lines > 2 * len(self._entries) + 10_000:
@@ -103,9 +114,14 @@ class PathIndex:
         tmp = f"{self.path}.{uuid.uuid4().hex[:8]}.tmp"
         with open(tmp, "wb") as f:
             for name, (size, mtime, ino, key) in self._entries.items():
-                f.write(f"{key.hex()} {size} {mtime} {ino} {name}\n".encode("utf-8"))
+                f.write(self._line(key, size, mtime, ino, name).encode("utf-8"))
         os.replace(tmp, self.path)
         self._lines = len(self._entries)
+
+    @staticmethod
+    def _line(key: bytes, size: int, mtime: int, ino: int, name: str) -> str:
+        crc = _line_crc(key.hex(), size, mtime, ino, name)
+        return f"{key.hex()} {size} {mtime} {ino} {crc} {name}\n"
 
 
 class BottleneckStore:
@@ -161,8 +177,14 @@ class BottleneckStore:
         return records, keys, clean
 
     def refresh(self) -> None:
-        """Re-read which keys the segments hold (records are verified when read)."""
+        """Re-read which keys the segments hold.
+
+        `.keys` is checked against its records at a few places (its last entry among
+        them, so an entry lost or added anywhere shows); records are checked again,
+        key and CRC, whenever they are read; `verify` compares every entry.
+        """
         index = {}
+        self._rebuilt = set()
         for seg in self._segments():
             records, keys, _ = self._counts(seg)
             raw = b""
@@ -173,9 +195,78 @@ class BottleneckStore:
                 with open(os.path.join(self.dir, seg + ".bin"), "rb") as f:
                     for i in range(keys, records):
                         raw += os.pread(f.fileno(), KEY_BYTES, i * self.record_bytes)
+            if not self._agrees_at_samples(seg, raw):
+                raw = self._rebuild_keys(seg)
             for i in range(len(raw) // KEY_BYTES):
-                index.setdefault(raw[i * KEY_BYTES:(i + 1) * KEY_BYTES], (seg, i))
+                # The newest record of a key wins: a record that failed its CRC is
+                # superseded by the vector computed again (healed once, not every run).
+                index[raw[i * KEY_BYTES:(i + 1) * KEY_BYTES]] = (seg, i)
         self._index = index
+
+    def _keys_from_records(self, seg: str) -> bytes:
+        """The keys of a segment's whole records, read from `.bin` (the source of truth)."""
+        records = self._counts(seg)[0]
+        raw = bytearray()
+        with open(os.path.join(self.dir, seg + ".bin"), "rb") as f:
+            per_chunk = max(1, _READ_CHUNK_BYTES // self.record_bytes)
+            for first in range(0, records, per_chunk):
+                n = min(per_chunk, records - first)
+                buf = os.pread(f.fileno(), n * self.record_bytes, first * self.record_bytes)
+                raw += b"".join(np.frombuffer(buf, self._dtype, count=n)["key"].tolist())
+        return bytes(raw)
+
+    def _agrees_at_samples(self, seg: str, raw: bytes) -> bool:
+        """Whether `.keys` entries (raw) match their records' keys at 9 spread positions."""
+        n = len(raw) // KEY_BYTES
+        if not n:
+            return True
+        with open(os.path.join(self.dir, seg + ".bin"), "rb") as f:
+            for i in sorted({(n - 1) * k // 8 for k in range(9)}):
+                if os.pread(f.fileno(), KEY_BYTES, i * self.record_bytes) != \
+                        raw[i * KEY_BYTES:(i + 1) * KEY_BYTES]:
+                    return False
+        return True
+
+    def _rebuild_keys(self, seg: str) -> bytes:
+        """A segment's `.keys` disagreed with its records: its keys read from `.bin`; `.keys`
+        is written anew when no other run is appending to the segment."""
+        log.warning("bottleneck cache %s: %s.keys disagrees with its records; rebuilt it "
+                    "from %s.bin", self.dir, seg, seg)
+        self._rebuilt.add(seg)
+        raw = self._keys_from_records(seg)
+        if self._writer is not None and self._writer[2] == seg:
+            return raw  # this process appends to it: it rewrites no file under its own pen
+        with open(os.path.join(self.dir, seg + ".bin"), "rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return raw  # another run is appending; its next refresh reads .bin's keys
+            files.write_replacing(os.path.join(self.dir, seg + ".keys"), raw)
+        return raw
+
+    def _rebuild(self, seg: str) -> None:
+        """Index a segment from its records (its `.keys` pointed a key at another's record)."""
+        raw = self._rebuild_keys(seg)
+        for key, place in list(self._index.items()):
+            if place[0] == seg:
+                del self._index[key]
+        for i in range(len(raw) // KEY_BYTES):
+            self._index[raw[i * KEY_BYTES:(i + 1) * KEY_BYTES]] = (seg, i)
+
+    def verify(self) -> None:
+        """Compare every `.keys` entry with its record's key and rebuild the segments that
+        disagree (a damaged entry would otherwise make its image look new). Reads the
+        segments whole: `ensure` calls it only when some image has no vector yet."""
+        for seg in self._segments():
+            if seg in self._rebuilt:
+                continue
+            records, keys, _ = self._counts(seg)
+            if not keys:
+                continue  # refresh took every key from the records
+            with open(os.path.join(self.dir, seg + ".keys"), "rb") as f:
+                listed = f.read(min(records, keys) * KEY_BYTES)
+            if self._keys_from_records(seg)[:len(listed)] != listed:
+                self._rebuild(seg)
 
     def __contains__(self, key: bytes) -> bool:
         return key in self._index
@@ -189,10 +280,23 @@ class BottleneckStore:
         Reads only the records asked for (whole chunks where they are dense), so
         memory stays at `out` plus one chunk, however large the cache.
         """
-        bad = []
+        bad, misplaced = self._read(keys, range(len(keys)), out)
+        if misplaced:  # the index pointed at another key's record: rebuild, read again
+            for seg in sorted({self._index[keys[pos]][0] for pos in misplaced}):
+                self._rebuild(seg)
+            missing = [pos for pos in misplaced if keys[pos] not in self._index]
+            again, still = self._read(keys, [p for p in misplaced if keys[p] in self._index], out)
+            bad += missing + again + still
+        for pos in bad:  # never trust that record again in this process
+            self._index.pop(keys[pos], None)
+        return sorted(bad)
+
+    def _read(self, keys: Sequence[bytes], positions, out: np.ndarray) -> tuple[list, list]:
+        """Read keys[p] for p in positions into out[p]: (CRC failures, records of another key)."""
+        bad, misplaced = [], []
         by_segment: dict[str, list[tuple[int, int]]] = {}
-        for pos, key in enumerate(keys):
-            seg, i = self._index[key]
+        for pos in positions:
+            seg, i = self._index[keys[pos]]
             by_segment.setdefault(seg, []).append((i, pos))
         rec = self.record_bytes
         per_chunk = max(1, _READ_CHUNK_BYTES // rec)
@@ -215,11 +319,12 @@ class BottleneckStore:
                                 != int(records["crc"][j]):
                             bad.append(pos)
                             continue
+                        if records["key"][j].tobytes() != keys[pos]:
+                            misplaced.append(pos)
+                            continue
                         out[pos] = records["vec"][j]
                     start = stop
-        for pos in bad:  # never trust that record again in this process
-            self._index.pop(keys[pos], None)
-        return bad
+        return bad, misplaced
 
     def _open_writer(self):
         for seg in reversed(self._segments()):
@@ -258,7 +363,7 @@ class BottleneckStore:
         keys_file.write(b"".join(keys))
         keys_file.flush()
         for i, key in enumerate(keys):
-            self._index.setdefault(key, (seg, start + i))
+            self._index[key] = (seg, start + i)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -400,6 +505,8 @@ def ensure(
     # One job per vector: (position in paths, its cache key).
     jobs = [(i, variant_key(k, distortion.spec(), v) if distortion is not None else k)
             for i, k in enumerate(keys) if k is not None for v in range(views)]
+    if any(key not in store for _, key in jobs):
+        store.verify()  # a damaged .keys entry must not pass for a new image
     missing, seen = [], set()
     for j, (_, key) in enumerate(jobs):
         if key not in store and key not in seen:
