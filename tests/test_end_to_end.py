@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import (FAST_TRAIN, REPO, exported_variables, mark_older_preprocessing, run_cli,
-                      run_subprocess)
+from helpers import (FAST_TRAIN, REPO, exported_variables, mark_older_preprocessing, run_cli,
+                     run_subprocess)
 from trxsfr.kit import write_image_set
 
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import FAST_TRAIN, dests, exported_variables, run_cli
+from helpers import FAST_TRAIN, dests, exported_variables, run_cli
 from trxsfr.kit import write_image_set
 
 
