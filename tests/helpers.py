@@ -60,7 +60,7 @@ def run_subprocess(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
 
 
 def dests(tmp_path, models="models") -> list:
-    """--bottleneck_dir, --saved_model_dir (tmp_path/models), --summaries_dir, all inside tmp_path."""
+    """--bottleneck_dir, --saved_model_dir (tmp_path/models) and --summaries_dir in tmp_path."""
     return ["--bottleneck_dir", tmp_path / "cache", "--saved_model_dir", tmp_path / models,
             "--summaries_dir", tmp_path / "runs"]
 
