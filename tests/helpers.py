@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 
+import numpy as np
+
 from trxsfr import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,3 +83,20 @@ def exported_variables(version_dir):
 
     m = tf.saved_model.load(version_dir)
     return m.weights.numpy(), m.bias.numpy()
+
+
+def write_label_free_set(root, per_class, classes=("blue", "green", "red"), seed=0) -> str:
+    """`root/<class>/noise_<i>.jpg`: pure-noise images, the same ones in every class folder.
+
+    A model gives each image one label, right in one folder at most, so its accuracy here is
+    at most 1 / len(classes) whatever it learnt: a gate above that fails for certain.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(per_class):
+        image = Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+        for name in classes:
+            os.makedirs(os.path.join(root, name), exist_ok=True)
+            image.save(os.path.join(root, name, f"noise_{i:04d}.jpg"), quality=90)
+    return str(root)
