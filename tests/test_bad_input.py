@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import FAST_TRAIN, assert_bad_input, dests, run_cli
+from helpers import FAST_TRAIN, assert_bad_input, dests, run_cli
 
 CLASSES = ("blue", "green", "red")
 

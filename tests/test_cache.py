@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import FAST_TRAIN, REPO, run_cli
+from helpers import FAST_TRAIN, REPO, run_cli
 from trxsfr.train.cache import BottleneckStore
 from trxsfr.kit import build_extractor, write_image_set
 

@@ -1,6 +1,10 @@
 """discover / split_of: pure functions, no TensorFlow."""
 
+import hashlib
+import math
 import os
+import re
+import unicodedata
 
 import pytest
 
@@ -16,10 +20,94 @@ def touch(root, rel, data=b"x"):
         f.write(data)
 
 
-def test_split_is_stable_and_ignores_nohash_suffix():
-    assert split_of("cat/a.jpg", 10, 10) == split_of("cat/a.jpg", 10, 10)
-    for i in range(50):
-        assert split_of(f"cat/x_nohash_{i}.jpg", 10, 10) == split_of("cat/x", 10, 10)
+# (path relative to image_dir, validation %, testing %, split), computed once and hard-coded
+# so that any change to the rule (hash, encoding, modulus, scale, thresholds, _nohash_) moves
+# some of them: users' splits, and so their test accuracies, must not move between releases.
+# The comment is each path's hash percentage in [0, 100].
+GOLDEN_SPLITS = [
+    ("daisy/5547758_eea9edfd54_n.jpg", 10, 10, Split.TRAIN),  # 68.685
+    ("daisy/5547758_eea9edfd54_n.jpg", 60, 10, Split.TEST),
+    ("daisy/5547758_eea9edfd54_n.jpg", 70, 0, Split.VALIDATION),
+    ("roses/12240303_80d87f77a3_n.jpg", 50, 10, Split.TEST),  # 56.454
+    ("cat/a.jpg", 10, 10, Split.TRAIN),  # 29.871
+    ("cat/a.jpg", 0, 0, Split.TRAIN),
+    ("cat/a.jpg", 30, 0, Split.VALIDATION),
+    ("cat/a.jpg", 25, 5, Split.TEST),
+    ("dog/puppies/2019/IMG_0001.JPG", 10, 10, Split.TRAIN),  # 99.503
+    ("dog/puppies/2019/IMG_0001.JPG", 0, 99.6, Split.TEST),
+    ("dog/puppies/2019/IMG_0002.JPG", 20, 5, Split.TRAIN),  # 96.652
+    ("leaf/plant_12_nohash_3.png", 40, 10, Split.TEST),  # 46.343: hashed as "leaf/plant_12"
+    ("leaf/plant_12_nohash_0.png", 40, 10, Split.TEST),
+    ("leaf/plant_12", 40, 10, Split.TEST),
+    ("leaf/plant_12.png", 40, 10, Split.TRAIN),  # 85.029
+    ("café/crème brûlée.jpg", 80, 5, Split.TEST),  # 80.988 (NFC, UTF-8)
+    ("猫/写真_001.jpeg", 15, 15, Split.TRAIN),  # 86.910
+    ("猫/写真_001.jpeg", 87, 0, Split.VALIDATION),
+    ("Ünïcödé/ß.webp", 25, 25, Split.VALIDATION),  # 20.396
+    ("Ünïcödé/ß.webp", 20, 1, Split.TEST),
+    ("a b/c d/e f.gif", 10, 10, Split.TEST),  # 14.956
+    ("x/_nohash_.jpg", 10, 10, Split.TRAIN),  # 99.077: hashed as "x/"
+    ("x/y.tar.gz.jpg", 40, 0, Split.VALIDATION),  # 36.813
+    ("UPPER/Mixed.Case.BMP", 92, 1, Split.VALIDATION),  # 91.251
+    ("upper/mixed.case.bmp", 92, 1, Split.TEST),  # 92.466: case matters
+    ("deep/a/b/c/d/e/f/g.jpg", 5, 5, Split.TRAIN),  # 86.932
+    ("deep/a/b/c/d/e/f/g.jpg", 85, 5, Split.TEST),
+    ("emoji/🐱.png", 33.3, 33.3, Split.VALIDATION),  # 1.053
+    ("n/1.jpg", 12.5, 12.5, Split.VALIDATION),  # 3.039
+    ("n/1.jpg", 2.5, 1, Split.TEST),
+]
+
+# TF's retrain.py (create_image_lists) with hashlib, retyped here rather than imported:
+# sha1(compat.as_bytes(name)) is SHA-1 of the UTF-8 bytes; MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1.
+TF_MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1
+
+
+def tf_percentage_hash(file_name):
+    hash_name = re.sub(r"_nohash_.*$", "", file_name)
+    hash_name_hashed = hashlib.sha1(hash_name.encode("utf-8")).hexdigest()
+    return ((int(hash_name_hashed, 16) % (TF_MAX_NUM_IMAGES_PER_CLASS + 1))
+            * (100.0 / TF_MAX_NUM_IMAGES_PER_CLASS))
+
+
+def tf_which_set(file_name, validation_percentage, testing_percentage):
+    percentage_hash = tf_percentage_hash(file_name)
+    if percentage_hash < validation_percentage:
+        return Split.VALIDATION
+    if percentage_hash < testing_percentage + validation_percentage:
+        return Split.TEST
+    return Split.TRAIN
+
+
+@pytest.mark.parametrize("path, validation, testing, split", GOLDEN_SPLITS)
+def test_split_of_golden_values(path, validation, testing, split):
+    assert unicodedata.is_normalized("NFC", path)  # as typed; NFD bytes would hash otherwise
+    assert split_of(path, validation, testing) == split
+    assert tf_which_set(path, validation, testing) == split  # and the golden values are TF's
+
+
+def test_split_of_is_tf_retrain_rule_to_the_last_bit():
+    # SHA-1("cat/a.jpg") = 2e77569a...c416, whose value mod 2**27 scales to this float.
+    assert hashlib.sha1(b"cat/a.jpg").hexdigest() == "2e77569a96c9e1278a6d213b6fc1e7c69263c416"
+    p = 29.871385022039597
+    assert tf_percentage_hash("cat/a.jpg") == p
+    # Thresholds one float apart from the file's value: any change to the modulus or the
+    # scale (100 / (2**27 - 1), not 100 / 2**27) or a <= for < moves the file.
+    assert split_of("cat/a.jpg", p, 0) == Split.TRAIN
+    assert split_of("cat/a.jpg", math.nextafter(p, 101), 0) == Split.VALIDATION
+    assert split_of("cat/a.jpg", p, 1e-9) == Split.TEST
+    assert split_of("cat/a.jpg", 0, p) == Split.TRAIN
+    for i in range(200):
+        path = f"class_{i % 7}/img_{i:05d}.jpg"
+        assert split_of(path, 10, 10) == tf_which_set(path, 10, 10), path
+
+
+def test_names_differing_only_after_nohash_share_a_split():
+    for stem in ("cat/x", "leaf/plant_12", "猫/写真"):
+        names = [f"{stem}_nohash_{i}.jpg" for i in range(30)] + [f"{stem}_nohash_", stem]
+        for v, t in ((10, 10), (30, 30), (0, 50)):
+            assert {split_of(n, v, t) for n in names} == {split_of(stem, v, t)}, (stem, v, t)
+    # The rule cuts from the first "_nohash_" to the end, in a folder name too (as TF's).
+    assert split_of("a_nohash_1/b.jpg", 50, 20) == split_of("a_nohash_2/c.jpg", 50, 20)
 
 
 def test_split_proportions_follow_percentages():

@@ -21,7 +21,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from conftest import FAST_TRAIN, assert_bad_input, dests, run_cli
+from helpers import FAST_TRAIN, assert_bad_input, dests, run_cli
 from trxsfr import cli
 from trxsfr import explain
 from trxsfr import report

@@ -21,7 +21,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import assert_bad_input, mark_older_preprocessing, run_cli, subprocess_env
+from helpers import assert_bad_input, mark_older_preprocessing, run_cli, subprocess_env
 
 MODEL = "flowers"
 

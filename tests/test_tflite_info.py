@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import mark_older_preprocessing, run_cli, run_subprocess
+from helpers import mark_older_preprocessing, run_cli, run_subprocess
 
 MODES = ("none", "dynamic", "float16", "int8", "int8_per_tensor")
 
