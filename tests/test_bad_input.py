@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from helpers import FAST_TRAIN, assert_bad_input, dests, run_cli
+from trxsfr.base import contract
 
 CLASSES = ("blue", "green", "red")
 
@@ -127,7 +128,7 @@ def test_unusable_class_beside_two_good_classes_is_left_out(fx, tmp_path, conten
     assert "Traceback" not in result.err
     assert re.search(r"class folder blue .*left out", result.out + result.err), result
     assert set(class_counts(result.out)) == {"green", "red"}, result
-    with open(os.path.join(result.lines[-1], "assets", "labels.txt")) as f:
+    with open(contract.labels_path(result.lines[-1])) as f:
         assert f.read().split() == ["green", "red"]
 
 
@@ -518,7 +519,7 @@ def test_label_model_with_a_damaged_saved_model_pb(trained, fx, tmp_path, pb, wo
 def test_label_model_with_an_edited_trxsfr_json(trained, fx, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(trained["version_dir"], model)
-    meta = model / "assets" / "trxsfr.json"
+    meta = contract.info_path(model)
     for text, words in (("{broken", "is not readable JSON"), ("[1, 2]", "must hold a JSON object")):
         meta.write_text(text)
         result = run_cli("label", "--model", model, fixture_jpegs(fx, "red")[0])

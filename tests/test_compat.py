@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 LEGACY = os.path.join(os.path.dirname(__file__), "data", "legacy_model")
 

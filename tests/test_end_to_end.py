@@ -12,6 +12,7 @@ import pytest
 from helpers import (FAST_TRAIN, REPO, exported_variables, mark_older_preprocessing, run_cli,
                      run_subprocess, write_label_free_set)
 from trxsfr.kit import write_image_set
+from trxsfr.base import contract
 
 
 def read_json(path):
@@ -24,11 +25,11 @@ def test_export_layout_and_metadata(trained):
     assert os.path.dirname(v) == trained["base"]
     assert os.path.basename(v).isdigit()
     assert os.path.exists(os.path.join(v, "saved_model.pb"))
-    with open(os.path.join(v, "assets", "labels.txt")) as f:
+    with open(contract.labels_path(v)) as f:
         assert f.read().split("\n") == ["blue", "green", "red", ""]
     with open(trained["work"] / "labels.txt") as f:
         assert f.read() == "blue\ngreen\nred\n"
-    meta = read_json(os.path.join(v, "assets", "trxsfr.json"))
+    meta = read_json(contract.info_path(v))
     assert meta["module"]["image_size"] == [32, 32] and meta["module"]["feature_dim"] == 32
     assert meta["config"]["how_many_training_steps"] == 200
     assert meta["labels"] == ["blue", "green", "red"]
@@ -277,7 +278,7 @@ def test_scripts_from_scratch(tmp_path):
 def test_model_from_older_preprocessing_is_labelled_with_its_own_decode(trained, fx, tmp_path):
     old = tmp_path / "old" / "7"
     shutil.copytree(trained["version_dir"], old)
-    mark_older_preprocessing(old / "assets" / "trxsfr.json")
+    mark_older_preprocessing(contract.info_path(old))
     files = [os.path.join(fx["heldout"], "blue", "blue_0002.jpg"), __file__]
     r = run_cli("label", "--model", old, "--format", "json", *files)
     assert r.code == 0, r
@@ -286,7 +287,7 @@ def test_model_from_older_preprocessing_is_labelled_with_its_own_decode(trained,
     assert len(doc["predictions"]) == 1 and len(doc["skipped"]) == 1
     import tensorflow as tf
 
-    served = tf.saved_model.load(str(old)).signatures["serving_default"](
+    served = tf.saved_model.load(str(old)).signatures[contract.SIGNATURE_BYTES](
         image_bytes=tf.constant([open(files[0], "rb").read()]))
     np.testing.assert_allclose(doc["predictions"][0]["probabilities"],
                                served["probabilities"].numpy()[0], atol=1e-6)

@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import FAST_TRAIN, REPO, run_cli, subprocess_env
+from helpers import FAST_TRAIN, REPO, run_cli, subprocess_env
 from trxsfr.kit import write_image_set
 from trxsfr.train.cache import KEY_BYTES, BottleneckStore
 
@@ -278,7 +278,7 @@ def test_path_index_lines_with_swapped_keys_are_not_trusted(tmp_path):
 @pytest.mark.parametrize("damage", ["keys_removed", "keys_permuted", "keys_flipped",
                                     "paths_permuted"])
 def test_retrain_on_a_damaged_cache_exports_the_clean_runs_model(fx, tmp_path, damage):
-    from conftest import exported_variables
+    from helpers import exported_variables
 
     common = ["--image_dir", fx["images"], "--tfhub_module", fx["module"], *FAST_TRAIN,
               "--summaries_dir", ""]

@@ -26,6 +26,7 @@ from trxsfr import cli
 from trxsfr import explain
 from trxsfr import report
 from trxsfr.kit import write_image_set
+from trxsfr.base import contract
 
 CLASSES = ("blue", "green", "red")
 
@@ -197,7 +198,7 @@ def test_report_matches_label_json(labelled):
 
 
 def test_training_history_recorded_and_drawn(trained, labelled):
-    with open(os.path.join(trained["version_dir"], "assets", "trxsfr.json")) as f:
+    with open(contract.info_path(trained["version_dir"])) as f:
         history = json.load(f)["history"]
     assert len(history) >= 10
     steps = [row["step"] for row in history]

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_bad_input, mark_older_preprocessing, run_cli, subprocess_env
+from trxsfr.base import contract
 
 MODEL = "flowers"
 
@@ -442,7 +443,7 @@ def test_a_broken_image_fails_its_own_request_not_its_batch(trained, fx, tmp_pat
     base, version = os.path.split(trained["version_dir"])
     if made_with == "older preprocessing":
         shutil.copytree(trained["version_dir"], tmp_path / version)
-        mark_older_preprocessing(tmp_path / version / "assets" / "trxsfr.json")
+        mark_older_preprocessing(contract.info_path(tmp_path / version))
         base = str(tmp_path)
     lv = load_version(base, int(version))
     if made_with == "older preprocessing":
@@ -458,7 +459,7 @@ def test_a_broken_image_fails_its_own_request_not_its_batch(trained, fx, tmp_pat
         with open(f, "rb") as fh:
             good.append(Encoded(fh.read(), "image 0", "JPEG"))
     cut = Encoded(good[0].data[: len(good[0].data) // 3], "image 1", "JPEG")
-    alone = [lv.classifier.saved_model.signatures["serving_default"](
+    alone = [lv.classifier.saved_model.signatures[contract.SIGNATURE_BYTES](
         image_bytes=tf.constant([g.data]))["probabilities"].numpy()[0] for g in good]
 
     async def main():
@@ -505,7 +506,7 @@ def test_a_batch_of_encoded_images_is_decoded_and_classified_in_one_call(trained
     out = lv.predict_batch([[Encoded(data[0], "image 0", "JPEG")],
                             [Encoded(d, f"image {i}", "JPEG") for i, d in enumerate(data[1:])]])
     assert calls == [3]
-    served = lv.classifier.saved_model.signatures["serving_default"](
+    served = lv.classifier.saved_model.signatures[contract.SIGNATURE_BYTES](
         image_bytes=tf.constant(data))["probabilities"].numpy()
     np.testing.assert_allclose(np.concatenate(out), served, atol=1e-6)
 

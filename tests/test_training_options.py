@@ -12,10 +12,11 @@ import pytest
 from helpers import FAST_TRAIN, dests, exported_variables, run_cli
 from trxsfr.train import head
 from trxsfr.train.head import HeadOptions
+from trxsfr.base import contract
 
 
 def metadata(version_dir):
-    with open(os.path.join(version_dir, "assets", "trxsfr.json")) as f:
+    with open(contract.info_path(version_dir)) as f:
         return json.load(f)
 
 
@@ -315,7 +316,7 @@ def test_fine_tuning_updates_weights_not_batch_norm_and_matches_label(fx, tmp_pa
                                   after.extractor.moving_variance.numpy())
     files = [os.path.join(fx["heldout"], c, f"{c}_0003.jpg") for c in ("red", "green", "blue")]
     doc = json.loads(run_cli("label", "--model", version, "--format", "json", "--quiet", *files).out)
-    served = after.signatures["serving_default"](
+    served = after.signatures[contract.SIGNATURE_BYTES](
         image_bytes=tf.constant([open(f, "rb").read() for f in files]))
     np.testing.assert_allclose([p["probabilities"] for p in doc["predictions"]],
                                served["probabilities"].numpy(), atol=1e-5)
@@ -360,7 +361,7 @@ def test_keras_module_exports_and_caches_like_a_hub_module(fx, tmp_path, keras_o
                                "--quiet", *files).out)
     import tensorflow as tf
 
-    served = tf.saved_model.load(again.lines[-1]).signatures["serving_default"](
+    served = tf.saved_model.load(again.lines[-1]).signatures[contract.SIGNATURE_BYTES](
         image_bytes=tf.constant([open(files[0], "rb").read()]))
     np.testing.assert_allclose(label["predictions"][0]["probabilities"],
                                served["probabilities"].numpy()[0], atol=1e-5)
