@@ -235,3 +235,31 @@ def test_retrain_py_distortion_is_seeded_and_in_range(fx):
     again = [b.numpy() for b in bench_augment.retrain_py_batches(files, (32, 32), 4, distortion,
                                                                  seeds)]
     np.testing.assert_array_equal(first[0], again[0])
+
+
+def test_linear_reference_uses_the_split_retrain_returned(trained, fx, tmp_path):
+    """`bench`'s accuracy reference is scored on the test split RetrainResult.image_set
+    carries (retrain's own), on vectors from retrain's cache; its figure divides the test
+    accuracy the model records by it."""
+    import types
+
+    import trxsfr
+    from trxsfr.base import extractors
+    from trxsfr.base.config import RetrainConfig
+
+    from benchmarks import bench
+
+    result = trxsfr.retrain(RetrainConfig(
+        image_dir=fx["images"], tfhub_module=fx["module"], bottleneck_dir=trained["cache"],
+        saved_model_dir=str(tmp_path / "models"), summaries_dir="",
+        how_many_training_steps=200))
+    ref = bench.linear_reference(result.image_set, extractors.load(fx["module"]),
+                                 trained["cache"], fx["heldout"], str(tmp_path / "heldout-cache"))
+    assert ref["test_count"] == result.test_count and ref["cached_computed"] == 0
+    assert ref["heldout_count"] == len(bench.image_paths(fx["heldout"]))
+    assert ref["accuracy"] > 0.5 and ref["heldout_accuracy"] > 0.5
+    cold = bench.model_figures(result.version_dir)
+    b = types.SimpleNamespace(raw={"linear_reference": ref, "cold_retrain": [cold]})
+    fig = bench.fig_accuracy(b)
+    assert fig["value"] == pytest.approx(cold["test_accuracy"] / ref["accuracy"])
+    assert fig["raw"]["retrain_test_count"] == result.test_count
