@@ -1,7 +1,8 @@
 """Benchmark of issue 3: throughput, warm reruns, memory and accuracy, measured offline.
 
 How to run (from the repository root, after `pip install -e .[bench]`; the
-benchmark needs scikit-learn for the linear reference, nothing is downloaded):
+benchmark needs scikit-learn for the linear reference, nothing is downloaded;
+`benchmarks/` is not installed with trxsfr, so run it from a checkout):
 
     python -m benchmarks.bench --quick              # a few minutes on 2 CPU cores
     python -m benchmarks.bench                      # the issue's sizes (2,000 images; 1,000 -> 4,000)
@@ -11,7 +12,7 @@ It builds everything in a work directory (a fresh temporary directory unless
 `--out` is given; the temporary one is removed at the end unless `--keep`):
 500x375 JPEGs (quality 90) of five texture/colour classes with clutter, a
 MobileNet-V2 (alpha 1.0, 224x224) feature extractor with fixed random weights
-(`trxsfr.mobilenet_fixture`), and a tiny extractor (`trxsfr.fixtures`) with
+(`benchmarks.mobilenet_fixture`), and a tiny extractor (`trxsfr.kit`) with
 64x64 JPEGs. It prints ONE JSON document on stdout: every figure of the
 issue's table as a ratio measured in this run, the raw numbers behind it, its
 target and `meets_target`. Progress goes to stderr. The exit code is 0 when
@@ -19,7 +20,15 @@ every figure was measured (whether or not it meets its target), 1 otherwise.
 
 End-to-end times come from real subprocesses (`python -m trxsfr retrain`,
 `python -m trxsfr label`, bare TensorFlow scripts) timed with
-`time.perf_counter`; peak RSS is each subprocess's own `ru_maxrss` (os.wait4).
+`time.perf_counter`; peak RSS is each subprocess's own `ru_maxrss`, read by a
+small launcher. What a run computed is read from what it wrote, never from the
+text it printed: a `retrain`'s test accuracy from the new model's trxsfr.json
+(`contract.read_info`), a `label`'s figures from its `--format json` document,
+the bare scripts' timings from the JSON file each writes.
+
+Only trxsfr's public API is used: `trxsfr.retrain`, the `trxsfr` command, and
+the public names of trxsfr.base.config, .contract, .extractors, .imaging,
+trxsfr.train.cache and trxsfr.kit.
 Noisy figures take the median of `--repeats` runs; the raw forward limit is
 the best images/s over batch sizes 1, 8, 16, 32 and 64, each size's rate the
 median of rounds run beside the measured runs (this machine's speed drifts
@@ -43,7 +52,6 @@ import json
 import multiprocessing
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -195,11 +203,16 @@ def link_subset(pool_root: str, root: str, per_class: int) -> str:
     return root
 
 
-def image_paths(root: str) -> list[str]:
-    from trxsfr.train import dataset
+def labelled_paths(root: str) -> list[tuple[str, str]]:
+    """(path, class folder name) of every file under `root/<class>/`, sorted: the benchmark
+    wrote these folders itself, so every file is an image."""
+    return [(os.path.join(root, name, f), name)
+            for name in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, name))
+            for f in sorted(os.listdir(os.path.join(root, name)))]
 
-    image_set = dataset.discover(root)
-    return [image_set.abs_path(item) for item in image_set.items]
+
+def image_paths(root: str) -> list[str]:
+    return [path for path, _ in labelled_paths(root)]
 
 
 # ------------------------------------------------------------------ subprocesses
@@ -229,7 +242,7 @@ t0 = time.perf_counter()
 import tensorflow as tf
 import tensorflow_hub as hub
 t1 = time.perf_counter()
-module_dir, out_dir, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+result, module_dir, out_dir, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 extractor = hub.load(module_dir)
 t2 = time.perf_counter()
 
@@ -247,24 +260,30 @@ class Serving(tf.Module):
 serving = Serving(extractor)
 tf.saved_model.save(serving, out_dir, signatures={"serving_default": serving.serve})
 t3 = time.perf_counter()
-print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "save_s": t3 - t2}))
+with open(result, "w") as f:
+    json.dump({"import_s": t1 - t0, "load_s": t2 - t1, "save_s": t3 - t2}, f)
 '''
 
 BARE_LABEL_SCRIPT = r'''
-"""The floor of a one-image `label`: import TensorFlow, load the SavedModel, call it once."""
+"""The floor of a one-image `label`: import TensorFlow, load the SavedModel, call it once,
+print the top class as `label` does."""
 import json, sys, time
 t0 = time.perf_counter()
 import tensorflow as tf
 t1 = time.perf_counter()
-model = tf.saved_model.load(sys.argv[1])
+result, model_dir, image, signature, input_name, classes, scores = sys.argv[1:8]
+model = tf.saved_model.load(model_dir)
 t2 = time.perf_counter()
-with open(sys.argv[2], "rb") as f:
+with open(image, "rb") as f:
     data = f.read()
-out = model.signatures["serving_default"](image_bytes=tf.constant([data]))
-label = out["classes"][0][0].numpy().decode()
+out = model.signatures[signature](**{input_name: tf.constant([data])})
+label = out[classes][0][0].numpy().decode()
+score = float(out[scores][0][0])
 t3 = time.perf_counter()
-print(label, float(out["scores"][0][0]))
-print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "call_s": t3 - t2}))
+print(label, score)
+with open(result, "w") as f:
+    json.dump({"import_s": t1 - t0, "load_s": t2 - t1, "call_s": t3 - t2, "label": label,
+               "score": score}, f)
 '''
 
 
@@ -328,31 +347,36 @@ class Runner:
     def trxsfr(self, *args, cwd: Optional[str] = None) -> Proc:
         return self.run([sys.executable, "-m", "trxsfr", *args], cwd=cwd)
 
-    def script(self, source: str, name: str, *args) -> Proc:
+    def script(self, source: str, name: str, *args) -> tuple[Proc, dict]:
+        """Run one of the bare scripts above; its JSON result file is its first argument."""
         path = os.path.join(self.work, name)
         if not os.path.exists(path):
             with open(path, "w") as f:
                 f.write(source)
-        return self.run([sys.executable, path, *args])
+        result = os.path.join(self.work, "logs", f"{name}-{self.count + 1:03d}.json")
+        p = self.run([sys.executable, path, result, *args]).check()
+        with open(result, encoding="utf-8") as f:
+            return p, json.load(f)
 
 
-_BOTTLENECK_LINE = re.compile(r"bottlenecks: (\d+) reused from cache, (\d+) computed \(([\d.]+)s\)")
-_TEST_ACCURACY = re.compile(r"Final test accuracy = ([\d.]+)% \(N=(\d+)\)")
+def new_version(base: str, before: Sequence[int]) -> str:
+    """The one version directory under `base` that is not in `before` (what a run exported)."""
+    from trxsfr.base import contract
+
+    new = sorted(set(contract.versions(base)) - set(before))
+    if len(new) != 1:
+        raise RuntimeError(f"expected one new model version under {base}, found {new}")
+    return os.path.join(base, str(new[0]))
 
 
-def parse_retrain(proc: Proc) -> dict:
-    """What a `retrain` run printed: test accuracy, bottleneck counts/seconds, model dir."""
-    info = {"wall_s": proc.wall_s, "cpu_s": proc.cpu_s, "max_rss_bytes": proc.max_rss_bytes}
-    m = _TEST_ACCURACY.search(proc.out)
-    if m:
-        info.update(test_accuracy=float(m.group(1)) / 100, test_count=int(m.group(2)))
-    m = _BOTTLENECK_LINE.search(proc.err)
-    if m:
-        info.update(bottlenecks_reused=int(m.group(1)), bottlenecks_computed=int(m.group(2)),
-                    bottlenecks_logged_s=float(m.group(3)))
-    lines = proc.out.strip().splitlines()
-    info["version_dir"] = lines[-1] if lines else None
-    return info
+def model_figures(version_dir: str) -> dict:
+    """What the model records of the run that exported it (its trxsfr.json)."""
+    from trxsfr.base import contract
+
+    info = contract.read_info(contract.info_path(version_dir))
+    return {"version_dir": version_dir, "test_accuracy": info.metrics.get("test_accuracy"),
+            "test_count": info.metrics.get("test_count"),
+            "validation_accuracy": info.metrics.get("validation_accuracy")}
 
 
 # ------------------------------------------------------------------ in-process measurements
@@ -413,13 +437,13 @@ def _cache_root() -> str:
 
 def ensure_in(cache_dir: str, extractor, paths: Sequence[str], batch_size: Optional[int] = None):
     """cache.ensure into the store of `extractor` under `cache_dir` (opened and closed here)."""
-    from trxsfr.train import cache
     from trxsfr.base.config import RetrainConfig
+    from trxsfr.train import cache
 
     store = cache.store_for(cache_dir, extractor)
     try:
         return cache.ensure(list(paths), extractor, store,
-                                  batch_size or RetrainConfig.bottleneck_batch_size, progress=False)
+                            batch_size or RetrainConfig.bottleneck_batch_size)
     finally:
         store.close()
 
@@ -459,12 +483,14 @@ def hash_only(paths: Sequence[str]) -> dict:
     return {"seconds": seconds, "images_per_s": len(paths) / seconds}
 
 
-def linear_reference(image_dir: str, extractor, cache_dir: str, heldout_dir: str,
-                     heldout_cache_dir: str, labels_of_model: Sequence[str]) -> dict:
+def linear_reference(image_set, extractor, cache_dir: str, heldout_dir: str,
+                     heldout_cache_dir: str) -> dict:
     """LogisticRegression (C by 5-fold CV) on standardised cached bottlenecks, retrain's split.
 
-    Also scores it on the held-out folder `label` runs over (its vectors go to a
-    cache of their own), a larger test than retrain's test split in quick mode.
+    `image_set` is a RetrainResult's: its items carry the split retrain used.
+    Also scores the reference on the held-out folder `label` runs over (its
+    vectors go to a cache of their own), a larger test than retrain's test
+    split in quick mode.
     """
     import inspect
     import warnings
@@ -473,18 +499,12 @@ def linear_reference(image_dir: str, extractor, cache_dir: str, heldout_dir: str
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from trxsfr.base import listing
-    from trxsfr.train import dataset
-    from trxsfr.base.config import RetrainConfig
-
-    d = RetrainConfig
-    image_set = dataset.discover(image_dir, d.validation_percentage, d.testing_percentage)
     paths = [image_set.abs_path(item) for item in image_set.items]
     cached = ensure_in(cache_dir, extractor, paths)
     items = [image_set.items[i] for i in cached.ok]
     x = cached.features
     y = np.array([it.label for it in items])
-    test = np.array([it.split == dataset.Split.TEST for it in items])
+    test = np.array([it.split == "test" for it in items])
     kwargs = {}
     params = inspect.signature(LogisticRegressionCV).parameters
     if "l1_ratios" in params and "use_legacy_attributes" in params:
@@ -499,11 +519,10 @@ def linear_reference(image_dir: str, extractor, cache_dir: str, heldout_dir: str
     fit_s = time.perf_counter() - start
     c = np.ravel(model[-1].C_)[0]
     counts = np.bincount(y[test], minlength=len(image_set.labels))
-    known, _ = listing.labelled_folders(heldout_dir, labels_of_model)
-    h_paths, h_y = [], []
-    for label, rels in known.items():
-        h_paths += [os.path.join(heldout_dir, rel) for rel in rels]
-        h_y += [list(image_set.labels).index(label)] * len(rels)
+    labels = list(image_set.labels)
+    heldout = [(path, labels.index(name)) for path, name in labelled_paths(heldout_dir)
+               if name in labels]
+    h_paths, h_y = [p for p, _ in heldout], [y for _, y in heldout]
     held = ensure_in(heldout_cache_dir, extractor, h_paths)
     h_y = np.array(h_y)[held.ok]
     return {
@@ -619,7 +638,8 @@ class Bench:
         self.tiny_dir = write_image_set(self.path("data", "tiny"), -(-s.tiny // len(COLOURS)),
                                         seed=self.seed + 3, size_range=(TINY_SIZE, TINY_SIZE))
         from trxsfr.kit import build_extractor
-        from trxsfr.mobilenet_fixture import build_mobilenet_v2_extractor
+
+        from benchmarks.mobilenet_fixture import build_mobilenet_v2_extractor
 
         t = time.perf_counter()
         self.module = build_mobilenet_v2_extractor(self.path("modules", "mobilenet_v2"),
@@ -634,8 +654,7 @@ class Bench:
     # ---- in-process
 
     def in_process(self) -> None:
-        from trxsfr.base import imaging
-        from trxsfr.base import extractors
+        from trxsfr.base import extractors, imaging
         from trxsfr.base.config import RetrainConfig
 
         batch = RetrainConfig.bottleneck_batch_size
@@ -674,13 +693,18 @@ class Bench:
     # ---- subprocesses
 
     def retrain(self, image_dir: str, cwd: str) -> dict:
-        """`retrain` at default flags in `cwd` (so its cache, models and summaries land there)."""
+        """`retrain` at default flags in `cwd` (so its cache, models and summaries land there):
+        its process's wall, CPU and peak RSS, and what the model it exported records."""
+        from trxsfr.base import contract
+        from trxsfr.base.config import RetrainConfig
+
         os.makedirs(cwd, exist_ok=True)
-        info = parse_retrain(self.runner.trxsfr("retrain", "--image_dir", image_dir,
-                                                "--tfhub_module", self.module, cwd=cwd).check())
-        if info["version_dir"]:
-            info["version_dir"] = os.path.join(cwd, info["version_dir"])
-        return info
+        base = os.path.join(cwd, RetrainConfig.saved_model_dir)
+        before = contract.versions(base)
+        p = self.runner.trxsfr("retrain", "--image_dir", image_dir, "--tfhub_module",
+                               self.module, cwd=cwd).check()
+        return dict(model_figures(new_version(base, before)), wall_s=p.wall_s, cpu_s=p.cpu_s,
+                    max_rss_bytes=p.max_rss_bytes)
 
     def raw_round(self, key: str) -> None:
         """One raw forward round in this process, between subprocess runs (kept under `key`).
@@ -695,6 +719,8 @@ class Bench:
         log(f"raw forward beside the subprocesses: {fmt_rates(rates)}")
 
     def end_to_end(self) -> None:
+        from trxsfr.base import contract
+
         s = self.sizes
         colds = []
         self.raw_round(BESIDE_COLD_RETRAIN)
@@ -709,18 +735,21 @@ class Bench:
         one_image = sorted(image_paths(self.heldout_dir))[0]
         floors, warms, bares, singles, folders = [], [], [], [], []
         for r in range(s.repeats):  # interleaved, so load changes hit all kinds alike
-            p = self.runner.script(FLOOR_SCRIPT, "floor.py", self.module,
-                                   self.path("floor", f"saved-{r}"), 224).check()
-            floors.append(dict(json.loads(p.out.strip().splitlines()[-1]), wall_s=p.wall_s,
-                               cpu_s=p.cpu_s, max_rss_bytes=p.max_rss_bytes))
+            p, doc = self.runner.script(FLOOR_SCRIPT, "floor.py", self.module,
+                                        self.path("floor", f"saved-{r}"), 224)
+            floors.append(dict(doc, wall_s=p.wall_s, cpu_s=p.cpu_s,
+                               max_rss_bytes=p.max_rss_bytes))
             warms.append(self.retrain(self.main_dir, self.run_dir))
-            p = self.runner.script(BARE_LABEL_SCRIPT, "bare_label.py", self.model_dir,
-                                   one_image).check()
-            bares.append(dict(json.loads(p.out.strip().splitlines()[-1]), wall_s=p.wall_s,
-                              cpu_s=p.cpu_s, printed=p.out.splitlines()[0]))
-            p = self.runner.trxsfr("label", "--model", self.model_dir, one_image).check()
-            singles.append({"wall_s": p.wall_s, "cpu_s": p.cpu_s,
-                            "printed": p.out.splitlines()[0]})
+            p, doc = self.runner.script(
+                BARE_LABEL_SCRIPT, "bare_label.py", self.model_dir, one_image,
+                contract.SIGNATURE_BYTES, contract.INPUT_BYTES, contract.OUTPUT_CLASSES,
+                contract.OUTPUT_SCORES)
+            bares.append(dict(doc, wall_s=p.wall_s, cpu_s=p.cpu_s))
+            p = self.runner.trxsfr("label", "--model", self.model_dir, one_image,
+                                   "--format", "json").check()
+            top = json.loads(p.out)["predictions"][0]["top_k"][0]
+            singles.append({"wall_s": p.wall_s, "cpu_s": p.cpu_s, "label": top["label"],
+                            "score": top["score"]})
             self.raw_round(BESIDE_LABEL)  # before each, and after the last
             p = self.runner.trxsfr("label", "--model", self.model_dir, self.heldout_dir,
                                    "--format", "json").check()
@@ -754,8 +783,8 @@ class Bench:
 
     def warm_phases(self) -> None:
         """Warm bottleneck phase on retrain's own cache, and warm library runs for phase times."""
+        import trxsfr
         from trxsfr.base.config import RetrainConfig
-        from trxsfr.train.retrain import retrain
 
         cache = os.path.join(self.run_dir, RetrainConfig.bottleneck_dir)
         warm = []
@@ -767,20 +796,22 @@ class Bench:
         self.raw["warm_bottleneck_phase"] = warm
         phases = []
         for r in range(self.sizes.repeats):
-            result = retrain(RetrainConfig(
+            result = trxsfr.retrain(RetrainConfig(
                 image_dir=self.main_dir, tfhub_module=self.module, bottleneck_dir=cache,
                 saved_model_dir=self.path("inproc", "models"),
-                summaries_dir=self.path("inproc", "runs"), progress=False))
+                summaries_dir=self.path("inproc", "runs")))
             phases.append(dict(result.timings, test_accuracy=result.test_accuracy,
                                reused=result.reused, computed=result.computed))
         self.raw["library_warm_retrain_timings"] = phases
+        self.image_set = result.image_set  # the split retrain used, for the linear reference
 
     def reference(self) -> None:
         from trxsfr.base.config import RetrainConfig
 
         self.raw["linear_reference"] = linear_reference(
-            self.main_dir, self.extractor, os.path.join(self.run_dir, RetrainConfig.bottleneck_dir),
-            self.heldout_dir, self.path("inproc", "heldout-cache"), CLASSES)
+            self.image_set, self.extractor,
+            os.path.join(self.run_dir, RetrainConfig.bottleneck_dir),
+            self.heldout_dir, self.path("inproc", "heldout-cache"))
 
     # ---- assembly
 
@@ -889,17 +920,17 @@ def fig_cold_run(b: Bench) -> dict:
 def fig_bottleneck_warm_cold(b: Bench) -> dict:
     warm = median([w["seconds"] for w in b.raw["warm_bottleneck_phase"]])
     cold = median([c["seconds"] for c in b.raw["cold_extraction"]])
-    cli = {}
-    colds = [c for c in b.raw["cold_retrain"] if "bottlenecks_logged_s" in c]
-    warms = [w for w in b.raw["warm_retrain"] if "bottlenecks_logged_s" in w]
-    if colds and warms:
-        c = median([x["bottlenecks_logged_s"] for x in colds])
-        w = median([x["bottlenecks_logged_s"] for x in warms])
-        cli = {"cold_s": c, "warm_s": w, "ratio": w / c if c else None,
-               "note": "from retrain's log line (0.1 s resolution)"}
+    library = {}
+    runs = b.raw.get("library_warm_retrain_timings") or []
+    if runs:
+        w = median([r["bottlenecks_s"] for r in runs])
+        library = {"warm_s": w, "ratio_to_cold_s_median": w / cold,
+                   "computed": [r["computed"] for r in runs],
+                   "note": "RetrainResult.timings['bottlenecks_s'] of the warm in-process "
+                           "trxsfr.retrain runs"}
     return figure(warm / cold, {
         "images": len(b.main_paths), "warm_s_median": warm, "cold_s_median": cold,
-        "warm_runs": b.raw["warm_bottleneck_phase"], "as_logged_by_cli_retrain": cli,
+        "warm_runs": b.raw["warm_bottleneck_phase"], "as_timed_by_library_retrain": library,
     }, note="in-process store_for + ensure + close over the main set: into an empty cache "
             "(cold) and against the cache the cold `retrain` wrote (warm); medians")
 
@@ -912,7 +943,7 @@ def fig_head(b: Bench) -> dict:
     raw = {"images": n, "train_s_median": train, "cold_extraction_s_median": cold,
            "steps": _config().how_many_training_steps, "batch": _config().train_batch_size,
            "library_runs": phases}
-    note = "trxsfr.pipeline.retrain(RetrainConfig(...)) in-process at default settings, " \
+    note = "trxsfr.retrain(RetrainConfig(...)) in-process at default settings, RetrainResult." \
            "timings['train_s'] (summaries included), median; ÷ median cold extraction"
     projected = None
     if n != FULL_IMAGES:
@@ -976,7 +1007,7 @@ def fig_tiny(b: Bench) -> dict:
         "raw_forward_images_per_s": value, "best_batch_size": batch,
         "raw_forward_rounds": b.raw["tiny_raw_forward_rounds"], "runs": cold,
         "decode_only": b.raw["tiny_decode_only"],
-        "extractor": "trxsfr.fixtures.build_extractor(image_size=64), 64x64 JPEGs",
+        "extractor": "trxsfr.kit.build_extractor(image_size=64), 64x64 JPEGs",
     })
 
 
@@ -986,16 +1017,18 @@ def fig_one_image(b: Bench) -> dict:
     return figure(label / bare, {
         "label_wall_s_median": label, "bare_wall_s_median": bare,
         "label_runs": b.raw["label_one_image"], "bare_runs": b.raw["bare_one_image"],
-    }, note="`python -m trxsfr label --model VERSION_DIR one.jpg` ÷ a script that imports "
-            "TensorFlow, tf.saved_model.load's the same version and calls serving_default on "
-            "the file's bytes once; process walls, medians")
+        "same_top_label": all(r["label"] == b.raw["bare_one_image"][0]["label"]
+                              for r in b.raw["label_one_image"] + b.raw["bare_one_image"]),
+    }, note="`python -m trxsfr label --model VERSION_DIR one.jpg --format json` ÷ a script "
+            "that imports TensorFlow, tf.saved_model.load's the same version and calls "
+            "serving_default on the file's bytes once; process walls, medians")
 
 
 def fig_accuracy(b: Bench) -> dict:
     ref = b.raw["linear_reference"]
-    accs = [c["test_accuracy"] for c in b.raw["cold_retrain"] if "test_accuracy" in c]
+    accs = [c["test_accuracy"] for c in b.raw["cold_retrain"] if c["test_accuracy"] is not None]
     if not accs:
-        raise RuntimeError("retrain printed no 'Final test accuracy' line")
+        raise RuntimeError("the cold retrain's model records no test accuracy (empty test split?)")
     acc = accs[0]
     heldout = [r["accuracy"] for r in b.raw.get("label_folder", []) if r["accuracy"] is not None]
     heldout_ratio = heldout[0] / ref["heldout_accuracy"] if heldout else None
@@ -1008,7 +1041,8 @@ def fig_accuracy(b: Bench) -> dict:
             "reference_accuracy": ref["heldout_accuracy"], "ratio": heldout_ratio,
             "meets_target": _meets(heldout_ratio, TARGETS["accuracy_vs_linear_reference"])},
     }, checks={"reference_at_least_twice_chance": ref["accuracy"] >= 2 * ref["chance_uniform"]},
-        note="'Final test accuracy' of a default-flag retrain ÷ StandardScaler + "
+        note="test accuracy a default-flag `retrain`'s model records (trxsfr.json "
+             "metrics) ÷ StandardScaler + "
              "LogisticRegressionCV (C from 7 values, 5-fold) fitted on retrain's train + "
              "validation split of its own cached bottlenecks, scored on its test split. "
              "raw.on_heldout_folder compares both on the (larger) held-out folder that "

@@ -5,13 +5,14 @@
     python -m benchmarks.bench_serve --tflite-table [--work DIR]  # quantization table
 
 Both build the same setup offline: a MobileNet-V2 (alpha 1.0, 224x224)
-extractor with fixed random weights (`mobilenet_fixture`), a few hundred
+extractor with fixed random weights (`benchmarks.mobilenet_fixture`), a few hundred
 generated colour-blob pictures of 200-280 px, and a classifier retrained on
 them. With `--work DIR` the setup is kept and reused by the next run.
 
-Serving: `trxsfr serve` runs in a subprocess; this process sends one JPEG per
-request ({"b64": ...}, TF Serving's row format) from 1, 8 and 32 keep-alive
-connections and reports requests/s and p50/p99 latency, beside the
+Serving: `trxsfr serve` runs in a subprocess on a free loopback port (ready
+when its /healthz answers, which also gives its batch counters); this process
+sends one JPEG per request ({"b64": ...}, TF Serving's row format) from 1, 8
+and 32 keep-alive connections and reports requests/s and p50/p99 latency, beside the
 extractor's raw forward images/s at batch 1 and 32 measured in the same run
 (interleaved with the serving runs in rounds, so both see the same machine
 load; a shared machine's load changes by the minute). Targets
@@ -23,20 +24,25 @@ serving's CPU per request.
 
 TFLite: each quantization mode's size, held-out accuracy and single-image
 latency beside the float SavedModel. Targets: int8 and dynamic >= 3.5x
-smaller than float, <= 2 points of held-out accuracy lost.
+smaller than float, <= 2 points of held-out accuracy lost. Each .tflite is
+written by `trxsfr export-tflite` (through `trxsfr.cli.main`) and measured
+through `trxsfr.load`; its mode is read back from its metadata.
 
 This is a benchmark, not a test: it prints figures (stdout), logs progress
-(stderr) and exits 0 whatever they are. It is an entry point like cli.py,
-so it prints.
+(stderr) and exits 0 whatever they are. It is an entry point like trxsfr's
+CLI, so it prints. It lives in `benchmarks/` at the repository root and is not
+installed with trxsfr: run it from a checkout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import logging
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -47,17 +53,23 @@ from typing import Optional
 
 import numpy as np
 
-log = logging.getLogger("trxsfr.bench_serve")
+log = logging.getLogger("benchmarks.bench_serve")
 
 IMAGE_SIZE = 224
 CONCURRENCY = (1, 8, 32)
+MODEL_NAME = "bench"  # the served model's name in the REST paths
+# The variants of the quantization table: every `export-tflite --quantize` mode.
+# export-tflite's modes, and those that take --representative_dir
+from trxsfr.lite import CALIBRATED_MODES, QUANTIZE_MODES  # noqa: E402
 
 
 def setup(work: str, per_class: int, heldout_per_class: int, steps: int) -> dict:
     """Extractor, images and one trained model under `work`, reusing what is already there."""
+    from trxsfr.base import contract
     from trxsfr.base.config import RetrainConfig
     from trxsfr.kit import write_image_set
-    from trxsfr.mobilenet_fixture import build_mobilenet_v2_extractor
+
+    from benchmarks.mobilenet_fixture import build_mobilenet_v2_extractor
 
     paths = {name: os.path.join(work, name) for name in
              ("module", "images", "heldout", "cache", "models", "runs")}
@@ -75,11 +87,9 @@ def setup(work: str, per_class: int, heldout_per_class: int, steps: int) -> dict
         result = trxsfr.retrain(RetrainConfig(
             image_dir=paths["images"], tfhub_module=paths["module"], bottleneck_dir=paths["cache"],
             saved_model_dir=paths["models"], summaries_dir=paths["runs"],
-            how_many_training_steps=steps, progress=False))
+            how_many_training_steps=steps))
         log.info("test accuracy %.3f", result.test_accuracy or float("nan"))
-    from trxsfr.use.classifier import resolve_version
-
-    paths["version"] = resolve_version(paths["models"])
+    paths["version"] = contract.resolve_version(paths["models"])
     paths["work"] = work
     paths["image_size"] = IMAGE_SIZE
     return paths
@@ -110,24 +120,55 @@ class RawForward:
         return batch / statistics.median(times), cpu_ms
 
 
-class Served:
-    """`trxsfr serve --port 0 --quiet` in a subprocess."""
+def free_port(host: str) -> int:
+    """A TCP port nothing listens on now (the server binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
-    def __init__(self, base: str, *flags):
+
+class Served:
+    """`trxsfr serve --quiet` in a subprocess on a free port of 127.0.0.1.
+
+    It is ready when GET /healthz says "ok"; the address is the one chosen here,
+    so nothing the server prints is read.
+    """
+
+    host = "127.0.0.1"
+    path = f"/v1/models/{MODEL_NAME}:predict"
+
+    def __init__(self, base: str, *flags, timeout: float = 300.0):
+        self.port = free_port(self.host)
+        self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trxsfr", "serve", "--model_base_path", base, "--port", "0",
+            [sys.executable, "-m", "trxsfr", "serve", "--model_base_path", base,
+             "--model_name", MODEL_NAME, "--host", self.host, "--port", str(self.port),
              "--quiet", *flags],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        line = self.proc.stdout.readline()
-        if " at http://" not in line:
-            self.stop()
-            raise RuntimeError(f"server did not start: {line!r}")
-        url = line.split(" at ")[1].split("/v1/")[0]
-        self.host, self.port = url[len("http://"):].rsplit(":", 1)
-        self.port = int(self.port)
-        self.path = line.split(self.host + ":" + str(self.port))[1].split()[0] + ":predict"
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                tail = self._stderr_tail()
+                self._stderr.close()
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {tail}")
+            try:
+                self.ready = self.health()
+                if self.ready.get("status") == "ok":
+                    break
+            except (OSError, http.client.HTTPException, ValueError):
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                tail = self._stderr_tail()
+                self.stop()
+                raise RuntimeError(f"server not ready after {timeout:.0f}s: {tail}")
+            time.sleep(0.2)
+
+    def _stderr_tail(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode("utf-8", "replace").strip()[-1500:]
 
     def health(self) -> dict:
+        """GET /healthz: status, version, and the batcher's counters (batches, images)."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
         try:
             conn.request("GET", "/healthz")
@@ -152,6 +193,7 @@ class Served:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._stderr.close()
 
 
 def load_run(served: Served, bodies: list[bytes], concurrency: int, seconds: float,
@@ -256,6 +298,7 @@ def bench_serving(paths: dict, seconds: float, rounds: int, server_flags: tuple 
     raw = RawForward(paths["module"], paths["image_size"])
     raw_runs = {1: [], 32: []}
     served = Served(paths["models"], *server_flags)
+    served_version = served.ready.get("version")
     try:
         runs = []
         slice_s = seconds / rounds
@@ -271,7 +314,7 @@ def bench_serving(paths: dict, seconds: float, rounds: int, server_flags: tuple 
         served.stop()
     by_c = {c: {b: float(np.mean([v for cc, v, _ in raw_runs[b] if cc == c])) for b in (1, 32)}
             for c in CONCURRENCY}
-    result = {"raw_by_concurrency": by_c, "runs": runs,
+    result = {"served_version": served_version, "raw_by_concurrency": by_c, "runs": runs,
               "raw": {b: float(np.mean([v for _, v, _ in raw_runs[b]])) for b in (1, 32)},
               "raw_min": {b: min(v for _, v, _ in raw_runs[b]) for b in (1, 32)},
               "raw_max": {b: max(v for _, v, _ in raw_runs[b]) for b in (1, 32)},
@@ -325,28 +368,85 @@ def report_serving(r: dict) -> list[str]:
     return lines
 
 
+def disk_bytes(path: str) -> int:
+    """Bytes of a file, or of every file under a directory."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, f))
+               for root, _, files in os.walk(path) for f in files)
+
+
+def export_tflite(version: str, out: str, mode: str, representative_dir: str) -> str:
+    """`trxsfr export-tflite` in this process; returns the .tflite it wrote (`out`).
+
+    Raises:
+        RuntimeError: the command failed (its error line went to stderr).
+    """
+    from trxsfr import cli
+
+    argv = ["export-tflite", "--model", version, "--out", out, "--quantize", mode, "--quiet"]
+    if mode in CALIBRATED_MODES:
+        argv += ["--representative_dir", representative_dir]
+    with contextlib.redirect_stdout(sys.stderr):  # its result lines are progress to us
+        code = cli.main(argv)
+    if code != 0 or not os.path.isfile(out):
+        raise RuntimeError(f"trxsfr {' '.join(argv)} exited with {code}")
+    return out
+
+
+def heldout_accuracy(model, heldout: str) -> tuple[np.ndarray, float, int]:
+    """(probabilities float32 [N, C], accuracy, N) of a loaded model on `heldout/<class>/*`,
+    the images that decoded, in sorted order."""
+    files = [(os.path.join(heldout, name, f), name) for name in sorted(os.listdir(heldout))
+             for f in sorted(os.listdir(os.path.join(heldout, name)))]
+    predictions = model.predict_paths([path for path, _ in files], batch_size=32)
+    truth = np.array([list(model.labels).index(files[i][1]) for i in predictions.ok])
+    probs = predictions.probabilities
+    return probs, float(np.mean(probs.argmax(1) == truth)), len(truth)
+
+
+def single_image_ms(model, runs: int) -> float:
+    """Median ms of `model.predict_images` on one random image, after one warm-up call."""
+    h, w = model.image_size
+    image = np.random.default_rng(0).random((1, h, w, 3), dtype=np.float32)
+    model.predict_images(image)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model.predict_images(image)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def load_model(path: str):
+    """trxsfr's loader of exported models (`trxsfr.load`: a SavedModel or a .tflite)."""
+    import trxsfr
+
+    return trxsfr.load(path)
+
+
 def tflite_table(paths: dict, runs: int) -> list[dict]:
-    from trxsfr.use import labeling
-    from trxsfr import lite
-    from trxsfr.use.models import load
-    from trxsfr.info import disk_bytes, time_forward
+    from trxsfr.base import contract
 
     out_dir = tempfile.mkdtemp(prefix="tflite-", dir=paths["work"])  # a new folder: never overwrite
     rows = []
     variants = [("float SavedModel", paths["version"])]
-    for mode in lite.QUANTIZE_MODES:
-        path = os.path.join(out_dir, f"model-{mode}.tflite")
+    for mode in QUANTIZE_MODES:
         log.info("converting: %s", mode)
-        lite.convert(paths["version"], path, mode, representative_dir=paths["images"])
+        path = export_tflite(paths["version"], os.path.join(out_dir, f"model-{mode}.tflite"),
+                             mode, paths["images"])
+        written = contract.read_info(contract.tflite_sidecars(path)[1]).tflite
+        if written is None or written.quantize != mode:
+            raise RuntimeError(f"{path}'s metadata says quantize "
+                               f"{written and written.quantize}, not {mode}")
         variants.append((f"tflite {mode}", path))
-    for name, model in variants:
-        report = labeling.run(model, [paths["heldout"]], batch_size=32, progress=False)
-        clf = load(model)
-        latency = statistics.median(time_forward(clf, 1, runs)) * 1000
-        probs = report.probabilities
+    for name, path in variants:
+        model = load_model(path)
+        probs, accuracy, count = heldout_accuracy(model, paths["heldout"])
+        latency = single_image_ms(model, runs)
         ref = rows[0]["probabilities"] if rows else probs
-        rows.append({"variant": name, "path": model, "bytes": disk_bytes(model),
-                     "accuracy": report.evaluation["accuracy"], "count": report.evaluation["count"],
+        rows.append({"variant": name, "path": path, "bytes": disk_bytes(path),
+                     "accuracy": accuracy, "count": count,
                      "latency_ms": latency, "probabilities": probs,
                      "top1_agrees": float(np.mean(probs.argmax(1) == ref.argmax(1))),
                      "max_prob_diff": float(np.abs(probs - ref).max())})
