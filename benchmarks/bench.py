@@ -637,9 +637,8 @@ class Bench:
 
         self.tiny_dir = write_image_set(self.path("data", "tiny"), -(-s.tiny // len(COLOURS)),
                                         seed=self.seed + 3, size_range=(TINY_SIZE, TINY_SIZE))
-        from trxsfr.kit import build_extractor
-
         from benchmarks.mobilenet_fixture import build_mobilenet_v2_extractor
+        from trxsfr.kit import build_extractor
 
         t = time.perf_counter()
         self.module = build_mobilenet_v2_extractor(self.path("modules", "mobilenet_v2"),

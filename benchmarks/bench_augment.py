@@ -79,10 +79,9 @@ def main(argv=None) -> int:
     # Pictures first: their workers fork before TensorFlow is imported.
     images = bench.write_photos(os.path.join(work, "images"), per_class, seed=11, workers=2)
     import trxsfr
+    from benchmarks.mobilenet_fixture import build_mobilenet_v2_extractor
     from trxsfr.base import extractors
     from trxsfr.base.config import RetrainConfig
-
-    from benchmarks.mobilenet_fixture import build_mobilenet_v2_extractor
 
     module = os.path.join(work, "mobilenet_v2")
     if not os.path.exists(os.path.join(module, "saved_model.pb")):

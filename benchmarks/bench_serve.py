@@ -53,23 +53,23 @@ from typing import Optional
 
 import numpy as np
 
+from trxsfr.lite import CALIBRATED_MODES, QUANTIZE_MODES
+
 log = logging.getLogger("benchmarks.bench_serve")
 
 IMAGE_SIZE = 224
 CONCURRENCY = (1, 8, 32)
 MODEL_NAME = "bench"  # the served model's name in the REST paths
-# The variants of the quantization table: every `export-tflite --quantize` mode.
-# export-tflite's modes, and those that take --representative_dir
-from trxsfr.lite import CALIBRATED_MODES, QUANTIZE_MODES  # noqa: E402
+# The variants of the quantization table: every `export-tflite --quantize` mode
+# (CALIBRATED_MODES: those that take --representative_dir).
 
 
 def setup(work: str, per_class: int, heldout_per_class: int, steps: int) -> dict:
     """Extractor, images and one trained model under `work`, reusing what is already there."""
+    from benchmarks.mobilenet_fixture import build_mobilenet_v2_extractor
     from trxsfr.base import contract
     from trxsfr.base.config import RetrainConfig
     from trxsfr.kit import write_image_set
-
-    from benchmarks.mobilenet_fixture import build_mobilenet_v2_extractor
 
     paths = {name: os.path.join(work, name) for name in
              ("module", "images", "heldout", "cache", "models", "runs")}
