@@ -1,10 +1,14 @@
 """Planted faults that once gave a silently wrong model: symlink loops in image folders,
 decompression bombs, and a cache whose index files disagree with its records."""
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import random
+import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -321,3 +325,109 @@ def test_a_damaged_record_is_healed_by_one_retrain_and_the_next_is_silent(fx, tm
     after = run_cli("retrain", *common, "--saved_model_dir", str(tmp_path / "m2"))
     assert after.code == 0 and "checksum" not in after.err and "rebuilt" not in after.err
     assert "Bottlenecks: 120 reused from cache, 0 computed" in after.out
+
+
+# ---------------------------------------------------------------- full and read-only disks
+
+@contextlib.contextmanager
+def small_disk(tmp_path, kib: int, read_only: bool = False):
+    """A tmpfs of `kib` KiB (read-only if asked) at a new folder, or None where this
+    process may not mount one (then the caller injects the fault at the write)."""
+    mount = tmp_path / f"disk{kib}{'ro' if read_only else ''}"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode:
+        yield None
+        return
+    try:
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", "cache/seg-x.bin")
+
+
+def test_a_full_disk_under_the_cache_is_one_line_and_the_rerun_computes_only_the_rest(
+        fx, tmp_path, monkeypatch):
+    common = ["--image_dir", fx["images"], "--tfhub_module", fx["module"], *FAST_TRAIN,
+              "--summaries_dir", "", "--saved_model_dir", str(tmp_path / "m")]
+    with small_disk(tmp_path, 40) as disk:
+        if disk is None:
+            monkeypatch.setattr(BottleneckStore, "put_many", _no_space)
+            cache = tmp_path / "cache"
+        else:
+            cache = disk / "cache"
+        full = run_cli("retrain", *common, "--bottleneck_dir", str(cache))
+        assert full.code == 2, full
+        assert full.err.count("\n") == 1 and "No space left on device" in full.err
+        assert "free space" in full.err and "Traceback" not in full.err
+        assert not (tmp_path / "m").exists() or not os.listdir(tmp_path / "m")
+        monkeypatch.undo()
+        if disk is not None:
+            shutil.copytree(cache, tmp_path / "cache")  # what was written, on a roomy disk
+    again = run_cli("retrain", *common, "--bottleneck_dir", str(tmp_path / "cache"))
+    assert again.code == 0, again.err
+    reused, computed = map(int, re.search(r"Bottlenecks: (\d+) reused from cache, (\d+) "
+                                          r"computed", again.out).groups())
+    assert reused + computed == 120 and (disk is None or reused > 0)
+
+
+def test_a_full_disk_under_the_export_is_one_line_and_leaves_no_version(fx, tmp_path,
+                                                                        monkeypatch):
+    import tensorflow as tf
+
+    with small_disk(tmp_path, 64) as disk:
+        if disk is None:
+            def no_space(*args, **kwargs):
+                raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+            monkeypatch.setattr(tf.saved_model, "save", no_space)
+            base = tmp_path / "models"
+        else:
+            base = disk / "models"
+        result = run_cli("retrain", "--image_dir", fx["images"], "--tfhub_module", fx["module"],
+                         *FAST_TRAIN, "--summaries_dir", "",
+                         "--bottleneck_dir", str(tmp_path / "cache"), "--saved_model_dir",
+                         str(base))
+        assert result.code == 2, result
+        assert result.err.count("\n") == 1 and "No space left on device" in result.err
+        assert os.listdir(base) == []  # no version, no staging folder left behind
+
+
+def test_a_read_only_cache_that_needs_new_vectors_is_one_line(fx, tmp_path, monkeypatch):
+    common = ["--image_dir", fx["images"], "--tfhub_module", fx["module"], *FAST_TRAIN,
+              "--summaries_dir", "", "--saved_model_dir", str(tmp_path / "m")]
+    with small_disk(tmp_path, 64, read_only=True) as disk:
+        if disk is None:
+            def read_only(*args, **kwargs):
+                raise OSError(errno.EROFS, "Read-only file system", "cache")
+            monkeypatch.setattr(BottleneckStore, "put_many", read_only)
+            cache = tmp_path / "cache"
+        else:
+            cache = disk
+        result = run_cli("retrain", *common, "--bottleneck_dir", str(cache))
+        assert result.code == 2, result
+        assert result.err.count("\n") == 1 and "Read-only file system" in result.err
+        assert "writable" in result.err or "Read-only" in result.err
+
+
+def test_many_skipped_files_are_counted_by_reason_unless_verbose(trained, tmp_path):
+    held = tmp_path / "held"
+    write_image_set(str(held), per_class=2, seed=9)
+    for i in range(14):
+        (held / "red" / f"note{i:02d}.txt").write_text("not an image")
+    (held / "blue" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    result = run_cli("label", "--model", trained["base"], str(held))
+    assert result.code == 0, result.err
+    summary = [line for line in result.lines if line.startswith(("skipped", "  "))]
+    assert "skipped: 15 files, by reason (--verbose lists each):" in summary
+    assert any(line.startswith("  14 not an image type TensorFlow decodes: ")
+               and line.endswith("(11 more)") for line in summary), summary
+    assert any(line.startswith("  1 not a JPEG, PNG, GIF, BMP or WebP file: ")
+               and line.endswith("broken.jpg") for line in summary), summary
+    verbose = run_cli("label", "--model", trained["base"], str(held), "--verbose")
+    assert sum(line.startswith("skipped: ") for line in verbose.lines) == 15

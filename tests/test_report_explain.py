@@ -573,3 +573,24 @@ def test_help_explains_every_flag():
     assert {"--model", "--out", "--class", "--steps", "--baseline"} <= explain_flags
     r = run_cli("explain", "--help")
     assert r.code == 0 and "integrated gradients" in r.out.lower()
+
+
+def test_long_class_names_do_not_squeeze_the_confusion_matrix():
+    """30-character labels get room of their own: the matrix's cells stay as large as
+    with one-letter labels (they were a third of the size before)."""
+    import numpy as np
+
+    from trxsfr.report import confusion_plot
+
+    matrix = np.diag([5, 6, 7, 4, 9]) + 1
+
+    def cells_inches(labels):
+        fig = confusion_plot(matrix, labels)
+        fig.canvas.draw()
+        box = fig.axes[0].get_window_extent()
+        return min(box.width, box.height) / fig.dpi
+
+    short = cells_inches(list("abcde"))
+    long = cells_inches([f"{n}_".ljust(30, "x") for n in ("alpha", "beta", "gamma", "delta",
+                                                          "epsilon")])
+    assert long >= 0.9 * short, (long, short)

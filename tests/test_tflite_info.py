@@ -140,9 +140,13 @@ def test_export_never_overwrites_and_rejects_bad_flags(tflite_models, trained, t
     r = run_cli("export-tflite", "--model", trained["base"], "--out", tmp_path / "taken.tflite",
                 "--quiet")
     assert r.code == 2 and "taken.tflite already exists" in r.err, r
+    (tmp_path / "a_file").write_text("mine")
     r = run_cli("export-tflite", "--model", trained["base"], "--out",
-                tmp_path / "no_folder" / "y.tflite", "--quiet")
-    assert r.code == 2 and "no_folder of --out does not exist" in r.err, r
+                tmp_path / "a_file" / "y.tflite", "--quiet")
+    assert r.code == 2 and "a_file" in r.err and (tmp_path / "a_file").read_text() == "mine", r
+    r = run_cli("export-tflite", "--model", trained["base"], "--out",
+                tmp_path / "new" / "deep" / "m.tflite", "--quiet")  # folders made, as report does
+    assert r.code == 0 and (tmp_path / "new" / "deep" / "m.tflite").is_file(), r
     r = run_cli("export-tflite", "--model", tflite_models["none"], "--out", tmp_path / "w.tflite",
                 "--quiet")
     assert r.code == 2 and "is already a .tflite" in r.err, r

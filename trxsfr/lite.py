@@ -24,7 +24,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from trxsfr.base import contract
+from trxsfr.base import contract, files
 from trxsfr.base.contract import TFLiteInfo, labels_text
 from trxsfr.base.errors import ExportError, InputError, first_line
 from trxsfr.base.files import write_new
@@ -103,9 +103,8 @@ def convert(model: str, out: str, quantize: str = "none",
     for path in (out, labels_path, meta_path):
         if os.path.exists(path):
             raise ExportError(f"{path} already exists; pass a new --out (nothing is overwritten)")
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        raise ExportError(f"folder {parent} of --out does not exist")
+    # A missing folder is created (as `report` does); a file in its way is named.
+    files.check_folder(os.path.dirname(os.path.abspath(out)), f"--out {out}: its folder")
     if contract.is_tflite(model):
         raise InputError(f"--model {model} is already a {contract.TFLITE_SUFFIX}; export-tflite converts the "
                          f"SavedModel it came from (its version dir or base dir)")

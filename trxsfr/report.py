@@ -148,7 +148,12 @@ def _png_uri(fig) -> str:
 
 
 def confusion_figure(matrix: np.ndarray, labels: Sequence[str]) -> str:
-    """Counts in each cell, shading by the row-normalised fraction; a PNG data URI.
+    """`confusion_plot` as a PNG data URI."""
+    return _png_uri(confusion_plot(matrix, labels))
+
+
+def confusion_plot(matrix: np.ndarray, labels: Sequence[str]):
+    """Counts in each cell, shading by the row-normalised fraction; a matplotlib Figure.
 
     Args:
         matrix: int [C, C], rows true classes, columns predicted ones.
@@ -158,10 +163,13 @@ def confusion_figure(matrix: np.ndarray, labels: Sequence[str]) -> str:
     totals = matrix.sum(axis=1, keepdims=True)
     share = np.divide(matrix, totals, out=np.zeros(matrix.shape, float), where=totals > 0)
     side = min(3.5 + 0.45 * c, 20)
-    fig = _figure(side + 1.2, side)
+    font = max(4, min(10, 200 // max(c, 1)))
+    # Room for the tick labels on top of the matrix's own side, so long class names
+    # (30 characters and more) do not squeeze the cells: ~0.6 em per character.
+    label_in = 0.6 * font / 72 * max((len(str(label)) for label in labels), default=0)
+    fig = _figure(side + 1.2 + label_in, side + label_in * (0.71 if c > 4 else 0.2))
     ax = fig.add_subplot()
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    font = max(4, min(10, 200 // max(c, 1)))
     ax.set_xticks(range(c), labels, rotation=45 if c > 4 else 0, ha="right" if c > 4 else "center",
                   fontsize=font)
     ax.set_yticks(range(c), labels, fontsize=font)
@@ -173,7 +181,7 @@ def confusion_figure(matrix: np.ndarray, labels: Sequence[str]) -> str:
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=font,
                         color="white" if share[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, label="fraction of the true class", shrink=0.8)
-    return _png_uri(fig)
+    return fig
 
 
 def reliability_figure(table: dict) -> str:

@@ -1,5 +1,6 @@
 """Errors a user can fix. The CLI prints `str(error)` on one line and exits 2."""
 
+import errno
 import os
 import re
 
@@ -58,3 +59,19 @@ def saved_model_failure(path: str, error: BaseException) -> str:
     if "0 MetaGraphs" in str(error):  # TF then advises a `tags=` argument, which does not apply
         return "its saved_model.pb holds no graph (damaged or not a SavedModel)"
     return first_line(error)
+
+
+# How TensorFlow's file system layer words the OS errors a user can fix (its OpErrors
+# carry no errno): the text -> the errno it stands for.
+OS_ERROR_TEXTS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+                  "Read-only file system": errno.EROFS, "Permission denied": errno.EACCES,
+                  "File name too long": errno.ENAMETOOLONG,
+                  "Too many open files": errno.EMFILE}
+
+
+def os_errno(error: BaseException):
+    """The errno of an OSError, or of a TensorFlow error worded as one; else None."""
+    code = getattr(error, "errno", None)
+    if isinstance(code, int):
+        return code
+    return next((c for text, c in OS_ERROR_TEXTS.items() if text in str(error)), None)

@@ -17,8 +17,15 @@ SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "icon\r", ".ds_store"})
 
 @dataclasses.dataclass(frozen=True)
 class Skipped:
+    """A file passed over: its path and why, as "kind: details" or a few words."""
+
     path: str
     reason: str
+
+    @property
+    def kind(self) -> str:
+        """The reason without its details, to count skips by reason."""
+        return self.reason.split(":", 1)[0]
 
 
 def _is_ignored(name: str) -> bool:
@@ -74,10 +81,10 @@ def walk(folder: str, fence: Optional[str] = None) -> Walk:
         if _inside(root, real):
             return f"a symlink loop: links to {_show(real, fence)}, a folder it is inside"
         if _inside(real, root):
-            return f"a link to {_show(real, fence)}, which is listed under its own path"
+            return f"a second path to what is listed anyway: links to {_show(real, fence)}"
         if _inside(real, fence):
-            return (f"a link to {_show(real, fence)}, outside this folder: its images "
-                    f"would be listed twice, under two labels")
+            return (f"a link into another class's folder: links to {_show(real, fence)}, "
+                    f"whose images would get two labels")
         return None
 
     try:
@@ -114,7 +121,7 @@ def walk(folder: str, fence: Optional[str] = None) -> Walk:
                     continue
                 reason = why_not_follow(real) if link else None
                 if reason is None and ident in seen_dirs:
-                    reason = f"links to a folder already listed as {seen_dirs[ident]}"
+                    reason = f"a link to a folder already listed: {seen_dirs[ident]}"
                 if reason:
                     skipped.append(Skipped(rel, reason))
                     continue
@@ -123,7 +130,7 @@ def walk(folder: str, fence: Optional[str] = None) -> Walk:
             elif stat.S_ISREG(st.st_mode):
                 reason = why_not_follow(real) if link else None
                 if reason is None and ident in seen_files:
-                    reason = f"the same file as {seen_files[ident]}"
+                    reason = f"a second path to the same file: {seen_files[ident]}"
                 if reason:
                     skipped.append(Skipped(rel, reason))
                     continue

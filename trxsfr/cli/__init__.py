@@ -57,6 +57,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("trxsfr: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a full disk, a read-only folder...: the user's to fix, not a bug
+        line = process.fixable_os_error(e)
+        if line is None:
+            raise
+        print(f"trxsfr: error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def entry_point(argv: Optional[Sequence[str]] = None) -> None:

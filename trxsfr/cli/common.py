@@ -46,6 +46,25 @@ def table(header: Sequence, rows: Sequence[Sequence]) -> list[str]:
             for row in cells]
 
 
+# More skipped files than this are summarised by reason unless --verbose asks for each.
+LISTED_SKIPS = 10
+
+
+def skipped_lines(skipped, verbose: bool, each: str, summary: str) -> list[str]:
+    """Lines naming skipped files: each one (`each.format(path=, reason=)`) when they are
+    few or `verbose`; else a count per kind of reason with the first three paths."""
+    if verbose or len(skipped) <= LISTED_SKIPS:
+        return [each.format(path=s.path, reason=s.reason) for s in skipped]
+    by_kind = {}
+    for s in skipped:
+        by_kind.setdefault(s.kind, []).append(s.path)
+    lines = [summary.format(count=len(skipped))]
+    for kind, paths in sorted(by_kind.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        more = f", ... ({len(paths) - 3} more)" if len(paths) > 3 else ""
+        lines.append(f"  {len(paths)} {kind}: {', '.join(paths[:3])}{more}")
+    return lines
+
+
 class ProgressBars:
     """The library's `on_progress(stage, done, total)` drawn as one tqdm bar per stage,
     on stderr, only when stderr is a terminal and progress is wanted."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import sys
+from typing import Optional
 
+from trxsfr.base.errors import os_errno
 from trxsfr.cli import native_stderr
 
 
@@ -73,3 +77,43 @@ def log_to_stderr(quiet: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if quiet else logging.INFO)
     root.propagate = False
+
+
+# OS errors a user can cause or fix, with what to do about each.
+_FIXABLE = {
+    errno.ENOSPC: "the disk is full: free space or use a folder on another disk; a rerun "
+                  "reuses everything already written",
+    errno.EDQUOT: "your disk quota is used up: free space or use a folder elsewhere; a rerun "
+                  "reuses everything already written",
+    errno.EROFS: "the file system is read-only: use a writable folder",
+    errno.EACCES: "permission denied: use a folder you can write to (or fix its permissions)",
+    errno.EPERM: "operation not permitted: use a folder you own",
+    errno.ENAMETOOLONG: "a file name is too long: use a shorter folder path or file names",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n) and run again",
+    errno.ENFILE: "the system has too many open files: close some programs and run again",
+}
+
+
+def fixable_os_error(error: BaseException) -> Optional[str]:
+    """One line for an OS error the user can fix (a full disk, a read-only or forbidden
+    folder, a long name, too many open files), naming the path; None for anything else."""
+    for e in _chain(error):
+        code = os_errno(e)
+        if code in _FIXABLE:
+            path = getattr(e, "filename", None) or _path_in(str(e))
+            where = f" ({path})" if path else ""
+            return f"{os.strerror(code)}{where}: {_FIXABLE[code]}"
+    return None
+
+
+def _chain(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _path_in(text: str) -> Optional[str]:
+    match = re.search(r"(/[^\s:;,'\"]+)", text)
+    return match.group(1) if match else None

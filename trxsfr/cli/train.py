@@ -6,7 +6,15 @@ import argparse
 
 from trxsfr.base.config import DEFAULT_MODULE, SWEEPABLE, RetrainConfig
 from trxsfr.base.errors import InputError
-from trxsfr.cli.common import EXIT_OK, Formatter, ProgressBars, out, table
+from trxsfr.cli.common import (
+    EXIT_OK,
+    LISTED_SKIPS,
+    Formatter,
+    ProgressBars,
+    out,
+    skipped_lines,
+    table,
+)
 
 # ---------------------------------------------------------------- retrain
 
@@ -107,6 +115,9 @@ def add_retrain_parser(sub) -> None:
     g.add_argument("--print_misclassified_test_images", action="store_true",
                    help="List the test images the new layer gets wrong.")
     g.add_argument("--quiet", action="store_true", help="Only warnings and results; no progress bar.")
+    g.add_argument("--verbose", action="store_true",
+                   help=f"Name every skipped file (more than {LISTED_SKIPS} are otherwise "
+                        f"counted by reason, with the first few names).")
     p.set_defaults(run=run_retrain)
 
 
@@ -170,9 +181,11 @@ def run_retrain(args) -> int:
     for line in table(("class", "train", "validation", "test"), rows):
         out("  " + line)
     if result.skipped:
-        out(f"Skipped {len(result.skipped)} file(s):")
-        for s in result.skipped:
-            out(f"  {s.path}: {s.reason}")
+        if args.verbose or len(result.skipped) <= LISTED_SKIPS:
+            out(f"Skipped {len(result.skipped)} file(s):")
+        for line in skipped_lines(result.skipped, args.verbose, "  {path}: {reason}",
+                                  "Skipped {count} file(s), by reason (--verbose lists each):"):
+            out(line)
     for note in result.notes:
         out(f"Note: {note}")
     out(f"Bottlenecks: {result.reused} reused from cache, {result.computed} computed")

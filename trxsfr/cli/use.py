@@ -10,10 +10,12 @@ from trxsfr.cli import process
 from trxsfr.cli.common import (
     EXIT_BELOW_GATE,
     EXIT_OK,
+    LISTED_SKIPS,
     Formatter,
     ProgressBars,
     note,
     out,
+    skipped_lines,
     table,
 )
 
@@ -68,6 +70,10 @@ def add_label_parser(sub) -> None:
                         "least confident thumbnails, reliability diagram, training curves. "
                         "An existing file is never replaced (exit 2).")
     g.add_argument("--quiet", action="store_true", help="No progress bar.")
+    g.add_argument("--verbose", action="store_true",
+                   help=f"Name every skipped file (more than {LISTED_SKIPS} are otherwise "
+                        f"counted by reason, with the first few names; --format json always "
+                        f"lists each).")
     p.set_defaults(run=run_label)
 
 
@@ -94,7 +100,7 @@ def run_label(args) -> int:
         out(json.dumps(run.to_json(config.top_k), indent=1))
     else:
         lines = codelab_lines if args.format == "codelab" else text_lines
-        for line in lines(run, config.top_k):
+        for line in lines(run, config.top_k, args.verbose):
             out(line)
     if args.report:
         written = html_report.write(run, args.report, top_k=config.top_k)
@@ -109,13 +115,17 @@ def run_label(args) -> int:
     return EXIT_OK
 
 
-def text_lines(run, top_k: int) -> list[str]:
+def _skips(run, verbose: bool) -> list[str]:
+    return skipped_lines(run.skipped, verbose, "skipped: {path}: {reason}",
+                         "skipped: {count} files, by reason (--verbose lists each):")
+
+
+def text_lines(run, top_k: int, verbose: bool = False) -> list[str]:
     """`label`'s text output: `label score path` lines, skips, evaluation, timings."""
     lines = []
     for i, e in enumerate(run.entries):
         lines += [f"{label} {score:.5f} {e.path}" for label, score in run.ranked(i, top_k)]
-    for s in run.skipped:
-        lines.append(f"skipped: {s.path}: {s.reason}")
+    lines += _skips(run, verbose)
     for folder in run.unknown_folders:
         lines.append(f"not evaluated: {folder} is not one of the model's labels "
                      f"({', '.join(run.labels)})")
@@ -140,7 +150,7 @@ def text_lines(run, top_k: int) -> list[str]:
     return lines
 
 
-def codelab_lines(run, top_k: int) -> list[str]:
+def codelab_lines(run, top_k: int, verbose: bool = False) -> list[str]:
     """label_image.py's output: the evaluation time, then `label (score=...)` lines."""
     lines = []
     for i, e in enumerate(run.entries):
@@ -149,9 +159,7 @@ def codelab_lines(run, top_k: int) -> list[str]:
         lines.append(f"Evaluation time (1-image): {run.per_image_ms / 1000:.3f}s")
         lines.append("")
         lines += [f"{label} (score={score:.5f})" for label, score in run.ranked(i, top_k)]
-    for s in run.skipped:
-        lines.append(f"skipped: {s.path}: {s.reason}")
-    return lines
+    return lines + _skips(run, verbose)
 
 
 # ---------------------------------------------------------------- report

@@ -147,7 +147,7 @@ def discover(
                  if len({p.split("/", 1)[0] for p in paths}) > 1 for path in paths}
     for path, paths in sorted(conflicts.items()):
         others = ", ".join(p for p in paths if p != path)
-        skipped.append(Skipped(path, f"the same file is also {others}: a labelling conflict; "
+        skipped.append(Skipped(path, f"a labelling conflict: the same file is also {others}; "
                                      f"keep it in one class folder"))
     if conflicts:
         items_by_class = {name: [p for p in images if p not in conflicts]

@@ -12,7 +12,7 @@ import numpy as np
 
 from trxsfr.base import contract, files
 from trxsfr.base.contract import ModelInfo, labels_text
-from trxsfr.base.errors import ExportError
+from trxsfr.base.errors import ExportError, first_line, os_errno
 from trxsfr.base.files import write_new
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,12 @@ def save_versioned(extractor, weights, bias, labels: Sequence[str], info: ModelI
                 if not os.path.exists(target):
                     raise
                 # another export took this number a moment ago: take the next one
-    except OSError as e:
-        raise ExportError(f"cannot write a model version under {base_dir}: {e}") from e
+    except (OSError, tf.errors.OpError) as e:  # TF's file system errors are OpErrors
+        if not isinstance(e, OSError) and os_errno(e) is None:
+            raise  # not the disk's fault: a bug, with its traceback
+        raise ExportError(f"cannot write a model version under {base_dir}: {first_line(e)}; "
+                          f"nothing was left behind (free space or pick another "
+                          f"--saved_model_dir)") from e
     finally:
         shutil.rmtree(asset_src, ignore_errors=True)
         if os.path.exists(staging):
