@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pathlib
 import re
 import shutil
 
@@ -519,7 +520,7 @@ def test_label_model_with_a_damaged_saved_model_pb(trained, fx, tmp_path, pb, wo
 def test_label_model_with_an_edited_trxsfr_json(trained, fx, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(trained["version_dir"], model)
-    meta = contract.info_path(model)
+    meta = pathlib.Path(contract.info_path(model))
     for text, words in (("{broken", "is not readable JSON"), ("[1, 2]", "must hold a JSON object")):
         meta.write_text(text)
         result = run_cli("label", "--model", model, fixture_jpegs(fx, "red")[0])
