@@ -53,6 +53,7 @@ from typing import Optional
 
 import numpy as np
 
+from trxsfr.info import disk_bytes, time_forward
 from trxsfr.lite import CALIBRATED_MODES, QUANTIZE_MODES
 
 log = logging.getLogger("benchmarks.bench_serve")
@@ -368,14 +369,6 @@ def report_serving(r: dict) -> list[str]:
     return lines
 
 
-def disk_bytes(path: str) -> int:
-    """Bytes of a file, or of every file under a directory."""
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(root, f))
-               for root, _, files in os.walk(path) for f in files)
-
-
 def export_tflite(version: str, out: str, mode: str, representative_dir: str) -> str:
     """`trxsfr export-tflite` in this process; returns the .tflite it wrote (`out`).
 
@@ -407,15 +400,7 @@ def heldout_accuracy(model, heldout: str) -> tuple[np.ndarray, float, int]:
 
 def single_image_ms(model, runs: int) -> float:
     """Median ms of `model.predict_images` on one random image, after one warm-up call."""
-    h, w = model.image_size
-    image = np.random.default_rng(0).random((1, h, w, 3), dtype=np.float32)
-    model.predict_images(image)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        model.predict_images(image)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * statistics.median(time_forward(model, 1, runs))
 
 
 def load_model(path: str):
