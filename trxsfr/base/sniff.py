@@ -60,6 +60,24 @@ _lock = threading.Lock()
 _decode = None
 
 
+def load_decoder():
+    """The decode check's tf.function (TensorFlow is imported and the function traced on
+    the first call: make that call before starting threads that decode)."""
+    global _decode
+    with _lock:
+        if _decode is None:  # traced once: eager tf.cond would cost more per call
+            import tensorflow as tf
+
+            from trxsfr.base import imaging
+
+            def decode_check(image_bytes):
+                return imaging.decode_and_resize(image_bytes, CHECK_SIZE)
+
+            _decode = tf.function(decode_check, input_signature=[tf.TensorSpec([], tf.string)])
+            _decode.get_concrete_function()  # trace now, under the lock
+    return _decode
+
+
 def decode_problem(data: bytes, content_type: str = "") -> Optional[str]:
     """Why the decoder training uses (imaging.decode_and_resize) refuses `data`, in a few
     words; None when it decodes. The cheap `format_problem` comes first. Safe to call
@@ -67,17 +85,12 @@ def decode_problem(data: bytes, content_type: str = "") -> Optional[str]:
     reason = format_problem(data, content_type)
     if reason:
         return reason
-    global _decode
     import tensorflow as tf
 
     from trxsfr.base import imaging
 
-    with _lock:
-        if _decode is None:  # traced once: eager tf.cond would cost more per call
-            _decode = tf.function(lambda b: imaging.decode_and_resize(b, CHECK_SIZE),
-                                  input_signature=[tf.TensorSpec([], tf.string)])
     try:
-        _decode(tf.constant(data))
+        load_decoder()(tf.constant(data))
     except Exception as e:  # TF raises InvalidArgumentError etc. with its own words
         return imaging.decode_reason(e) or "cannot decode: " + first_line(e, 160)
     return None

@@ -32,6 +32,8 @@ from typing import Callable, Optional
 import httpcore
 import httpx
 
+from trxsfr.base.errors import InputError
+
 log = logging.getLogger(__name__)
 
 SCHEMES = ("http", "https")
@@ -321,3 +323,35 @@ def _connect_status(error: httpx.ConnectError) -> str:
     resolver might be a passing outage: FAILED, so a rerun tries again. (httpcore's pool
     re-raises `from None`: the exception's class carries this, not its cause.)"""
     return DEAD if any(isinstance(c, _UnknownHost) for c in _causes(error)) else FAILED
+
+
+# ---------------------------------------------------------------- URL lists
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def looks_like_url(text: str) -> bool:
+    """True for "scheme://..." (any scheme: a file:// or ftp:// input is a URL to refuse,
+    not a file name to look for)."""
+    return bool(_SCHEME.match(text.strip()))
+
+
+def read_url_list(path: str) -> list[str]:
+    """The URLs of a text file: one per line; blank lines and lines starting with # are
+    skipped, as is what follows " #" on a line. Lines are returned as written (stripped):
+    `Fetcher.fetch` refuses those that are no http(s) URL, with a reason.
+
+    Raises:
+        InputError: the file cannot be read as UTF-8 text.
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read URL list {path}: {getattr(e, 'strerror', None) or e}") from e
+    urls = []
+    for line in lines:
+        line = line.split(" #", 1)[0].strip()
+        if line and not line.startswith("#"):
+            urls.append(line)
+    return urls

@@ -485,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trxsfr.cli.deploy import add_deploy_parsers  # serve, export-tflite, info
 
     add_deploy_parsers(sub)
+    from trxsfr.cli.web import add_download_parser  # download
+
+    add_download_parser(sub)
     return parser
 
 
