@@ -235,14 +235,15 @@ def add_label_parser(sub) -> None:
         "label", formatter_class=_Formatter,
         help="Label images with an exported model; evaluate it on class folders.",
         description=(
-            "Inputs are image files and/or folders. A folder of images gets one\n"
+            "Inputs are image files, folders, http(s) URLs and .txt lists of URLs (one per\n"
+            "line; a .txt file whose first line is a URL). A folder of images gets one\n"
             "'label score path' line per class per image (top-k, highest first). A folder\n"
             "whose sub-folders are named after the model's labels is an evaluation set:\n"
             "accuracy, per-class accuracy, a confusion matrix and the misclassified files follow."
         ),
     )
     g = p.add_argument_group("Data")
-    g.add_argument("inputs", nargs="*", help="Image files and folders.")
+    g.add_argument("inputs", nargs="*", help="Image files, folders, URLs and .txt lists of URLs.")
     g.add_argument("--image", action="append", default=[],
                    help="An image file to label (label_image.py's flag; may repeat).")
     g = p.add_argument_group("Model")
@@ -275,10 +276,14 @@ def add_label_parser(sub) -> None:
                         "least confident thumbnails, reliability diagram, training curves. "
                         "An existing file is never replaced (exit 2).")
     g.add_argument("--quiet", action="store_true", help="No progress bar.")
+    from trxsfr.cli.web import add_fetch_flags  # inputs may be URLs
+
+    add_fetch_flags(p.add_argument_group("URLs"))
     p.set_defaults(run=run_label)
 
 
 def run_label(args) -> int:
+    from trxsfr.cli import web
     from trxsfr.use import labeling
 
     if args.min_accuracy is not None and not 0 <= args.min_accuracy <= 1:
@@ -295,7 +300,7 @@ def run_label(args) -> int:
     _import_tensorflow_quietly()  # after the checks above, which need no TensorFlow
     report = labeling.run(args.model, inputs, batch_size=args.batch_size,
                           progress=not args.quiet and args.format != "json",
-                          labels_file=args.labels,
+                          labels_file=args.labels, fetch=web.fetch_options(args),
                           evaluation_required_by="--min_accuracy" if args.min_accuracy is not None
                           else None)
     if args.format == "json":

@@ -13,6 +13,8 @@ from trxsfr.base import listing
 from trxsfr.base.config import FORWARD_BATCH_SIZE
 from trxsfr.base.listing import Skipped
 from trxsfr.base.errors import InputError
+from trxsfr.base.web import FetchOptions
+from trxsfr.use import remote
 from trxsfr.cli.tables import table
 
 log = logging.getLogger(__name__)
@@ -22,13 +24,16 @@ log = logging.getLogger(__name__)
 class Entry:
     path: str  # as the user will read it: the input joined with the file's relative path
     truth: Optional[int]  # label index when the file sits in a folder named after a label
+    file: Optional[str] = None  # where to read it when not at `path` (a URL's fetched copy)
 
 
-def collect(inputs: Sequence[str], labels: Sequence[str]) -> tuple[list[Entry], list[Skipped], list[str]]:
+def collect(inputs: Sequence[str], labels: Sequence[str], fetch: Optional[FetchOptions] = None
+            ) -> tuple[list[Entry], list[Skipped], list[str]]:
     """Entries to label, files skipped for their type, and sub-folders that are no model label.
 
     A folder with sub-folders named after model labels is an evaluation set; any
-    other folder is labelled file by file.
+    other folder is labelled file by file. URLs and .txt lists of URLs are fetched
+    (use/remote.py, with `fetch`); a URL that does not come is skipped with its reason.
 
     Raises:
         InputError: an input does not exist, or there is no image file at all.
@@ -41,8 +46,12 @@ def collect(inputs: Sequence[str], labels: Sequence[str]) -> tuple[list[Entry], 
         else:
             skipped.append(listing.not_an_image(path))
 
+    fetched = remote.fetch([i for i in inputs if remote.is_remote(i)], fetch or FetchOptions())
     for inp in inputs:
-        if os.path.isfile(inp):
+        if inp in fetched:
+            entries += [Entry(url, None, file=path) for path, url in fetched[inp][0]]
+            skipped += fetched[inp][1]
+        elif os.path.isfile(inp):
             add(inp, None)
         elif os.path.isdir(inp):
             subdirs = listing.class_dirs(inp)
@@ -172,7 +181,8 @@ _NO_EVALUATION_SET = ("needs an evaluation set: a folder whose sub-folders are n
 
 def run(model: str, inputs: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE, progress: bool = True,
         labels_file: Optional[str] = None,
-        evaluation_required_by: Optional[str] = None) -> LabelReport:
+        evaluation_required_by: Optional[str] = None,
+        fetch: Optional[FetchOptions] = None) -> LabelReport:
     """Load `model`, predict every image under `inputs`, evaluate those with a known label.
 
     Raises:
@@ -194,10 +204,10 @@ def run(model: str, inputs: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE,
         if given != clf.labels:
             log.warning("--labels %s differs from the model's own labels; using the model's",
                         labels_file)
-    entries, skipped, unknown = collect(inputs, clf.labels)
+    entries, skipped, unknown = collect(inputs, clf.labels, fetch)
     if evaluation_required_by and all(e.truth is None for e in entries):
         raise InputError(f"{evaluation_required_by} {_NO_EVALUATION_SET}")
-    preds = clf.predict_paths([e.path for e in entries], batch_size, progress)
+    preds = clf.predict_paths([e.file or e.path for e in entries], batch_size, progress)
     skipped = skipped + preds.failed
     kept = [entries[i] for i in preds.ok]
     evaluation = None
