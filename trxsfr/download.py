@@ -247,44 +247,73 @@ class _Outcome:
 
 def _fetch_all(todo: Sequence[_Job], staging: str, options: DownloadOptions,
                on_progress) -> Iterable[tuple[_Job, object]]:
-    """(job, _Staged or _Outcome) as fetches finish; at most 2 x parallel jobs queued, so
-    a list of a million URLs does not become a million futures."""
+    """(job, _Staged or _Outcome) as URLs finish.
+
+    Two stages: `parallel` threads only fetch, and a few others (one per core) check,
+    shrink and stage what came. A fetch thread is free for the next URL as soon as its
+    body is in, so `parallel` requests stay in flight however long the checks take
+    (checking in the fetch threads measured 198 URLs/s against a 50 ms server at 16,
+    against 294 for fetching alone). At most 2 x parallel URLs wait in each stage: a
+    million URLs do not become a million futures, nor their bodies pile up in memory.
+    """
     finished = 0
+    limit = 2 * options.parallel
     with Fetcher(options.fetch, connections=options.parallel) as fetcher, \
             concurrent.futures.ThreadPoolExecutor(options.parallel,
-                                                  thread_name_prefix="download") as pool:
+                                                  thread_name_prefix="fetch") as fetch_pool, \
+            concurrent.futures.ThreadPoolExecutor(_cores(), thread_name_prefix="check") as check_pool:
         queue = iter(todo)
-        running: dict = {}
+        fetching: dict = {}
+        checking: dict = {}
 
-        def submit(n: int) -> None:
-            for job in queue:
-                running[pool.submit(_fetch_one, fetcher, job, staging, options.max_side)] = job
-                n -= 1
-                if n == 0:
+        def submit() -> None:
+            while len(fetching) < limit and len(checking) < limit:
+                job = next(queue, None)
+                if job is None:
                     return
+                fetching[fetch_pool.submit(_fetch, fetcher, job)] = job
 
-        submit(2 * options.parallel)
+        submit()
         try:
-            while running:
+            while fetching or checking:
                 ready, _ = concurrent.futures.wait(
-                    running, return_when=concurrent.futures.FIRST_COMPLETED)
+                    [*fetching, *checking], return_when=concurrent.futures.FIRST_COMPLETED)
                 for future in ready:
-                    job = running.pop(future)
-                    yield job, future.result()  # an OSError writing staging stops the run
+                    if future in fetching:
+                        job, got = fetching.pop(future), future.result()
+                        if not isinstance(got, _Outcome):
+                            checking[check_pool.submit(_stage, got, job, staging,
+                                                       options.max_side)] = job
+                            continue
+                        outcome = got
+                    else:  # an OSError writing staging stops the run
+                        job, outcome = checking.pop(future), future.result()
+                    yield job, outcome
                     finished += 1
                     if on_progress:
                         on_progress(finished, len(todo))
-                submit(len(ready))
-        finally:  # stopped early (an error, Ctrl-C): only the fetches already running finish
-            for future in running:
+                submit()
+        finally:  # stopped early (an error, Ctrl-C): only the work already running finishes
+            for future in [*fetching, *checking]:
                 future.cancel()
 
 
-def _fetch_one(fetcher: Fetcher, job: _Job, staging: str, max_side: Optional[int]):
+def _cores() -> int:
     try:
-        got = fetcher.fetch(job.url)
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _fetch(fetcher: Fetcher, job: _Job):
+    try:
+        return fetcher.fetch(job.url)
     except FetchError as e:
         return _Outcome(e.status, e.reason)
+
+
+def _stage(got, job: _Job, staging: str, max_side: Optional[int]):
+    """Check fetched bytes with training's decoder; shrink; write them to staging."""
     problem = sniff.decode_problem(got.data, got.content_type)
     if problem:
         return _Outcome(REFUSED, problem)
