@@ -125,6 +125,10 @@ class Server:
             return fixed[path]
         if path == "/flaky.jpg":  # every other request fails: one retry always succeeds
             return (500, {}, b"busy") if n % 2 else (200, jpeg, FLAKY)
+        if path.startswith("/many/"):  # a chain longer than the redirect limit
+            return 302, {"Location": f"/many/{int(path[6:]) + 1}"}, b""
+        if path == "/busy.jpg":  # 429 with Retry-After on every other request
+            return (429, {"Retry-After": "0"}, b"") if n % 2 else (200, jpeg, FLAKY)
         if path.startswith("/shared/"):
             return 200, jpeg, SHARED
         if path.startswith("/placeholder/"):
@@ -156,6 +160,7 @@ CASES = (
      ("/flaky.jpg", "dogs", "done", ""),
      ("/chain/1", "dogs", "done", ""),
      ("/loop/a", "cats", "refused", "redirect loop"),
+     ("/many/0", "cats", "refused", "more than 10 redirects"),
      ("/to-ftp", "cats", "refused", "redirect to ftp:// refused (only http and https)"),
      ("/html.jpg", "cats", "refused", "not an image: an HTML page (sent as image/jpeg)"),
      ("/truncated.jpg", "cats", "refused", "truncated or corrupt JPEG data"),
@@ -328,9 +333,18 @@ def test_the_address_is_checked_where_the_connection_is_made(server, monkeypatch
     def resolver(host, *args, **kwargs):
         if host == "rebind.example":
             return real("127.0.0.1", *args, **kwargs)
+        if host == "gone.example":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        if host == "offline.example":
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    with web.Fetcher(web.FetchOptions(timeout=TIMEOUT)) as fetcher:
+        for host, status in [("gone.example", web.DEAD), ("offline.example", web.FAILED)]:
+            with pytest.raises(web.FetchError, match=f"cannot resolve host {host}") as caught:
+                fetcher.fetch(f"http://{host}/x.jpg")
+            assert caught.value.status == status
     hits = sum(server.hits.values())
     with web.Fetcher(web.FetchOptions(timeout=TIMEOUT)) as fetcher:
         with pytest.raises(web.FetchError, match="private address 127.0.0.1 refused"):
@@ -340,6 +354,36 @@ def test_the_address_is_checked_where_the_connection_is_made(server, monkeypatch
     with web.Fetcher(web.FetchOptions(timeout=TIMEOUT, allow_private=True)) as fetcher:
         got = fetcher.fetch(f"http://rebind.example:{server.httpd.server_port}/chain/1")
         assert got.data == CHAINED and got.final_url.endswith("/chain/final.jpg")
+
+
+def test_retry_after_429_then_200(server):
+    before = server.hits.get("/busy.jpg", 0)
+    with web.Fetcher(web.FetchOptions(timeout=TIMEOUT, retries=2, backoff=0.01,
+                                      allow_private=True)) as fetcher:
+        got = fetcher.fetch(server.base + "/busy.jpg")
+    assert got.data == FLAKY and got.content_type == "image/jpeg"
+    assert server.hits["/busy.jpg"] - before in (1, 2)  # 429 then 200, or 200 at once
+    with web.Fetcher(web.FetchOptions(timeout=TIMEOUT, retries=0, allow_private=True)) as fetcher:
+        for _ in range(2):  # with no retries, one of two answers is the 429
+            try:
+                fetcher.fetch(server.base + "/busy.jpg")
+            except web.FetchError as e:
+                assert (e.status, e.reason) == (web.FAILED, "HTTP 429")
+                break
+        else:
+            pytest.fail("no 429 seen")
+
+
+def test_a_second_run_on_the_same_manifest_is_refused(server, tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    urls = tmp_path / "one.txt"
+    urls.write_text(server.base + "/good.jpg\n")
+    manifest = tmp_path / "data" / ".x.manifest.jsonl"
+    manifest.parent.mkdir()
+    with open(manifest, "ab") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        result = run_cli("download", urls, "--out", tmp_path / "data" / "x", *FLAGS)
+    assert_bad_input(result, "another trxsfr download is writing", manifest)
 
 
 def test_download_refuses_a_private_address_in_a_list(server, tmp_path):
@@ -463,9 +507,14 @@ def test_label_a_url_scores_as_its_downloaded_file(server, trained, fx, tmp_path
     assert f"skipped: {server.base}/gone.jpg: HTTP 404" in on_url.lines
     assert "Images: 3 labelled, 2 skipped" in on_url.out
 
-    refused = run_cli("label", "--model", trained["base"], "--quiet", url, local)
+    refused = run_cli("label", "--model", trained["base"], "--quiet", url, "ftp://host/x.jpg",
+                      local)
     assert refused.code == 0, refused
     assert f"skipped: {url}: private address 127.0.0.1 refused (--allow_private)" in refused.lines
+    assert "skipped: ftp://host/x.jpg: only http and https URLs are fetched, not ftp://" \
+        in refused.lines
+    assert_bad_input(run_cli("label", "--model", trained["base"], "--allow_private", dead),
+                     "no image files in", dead)
 
 
 def test_a_crash_while_files_are_moved_into_place_resumes_to_the_same_state(

@@ -218,7 +218,7 @@ def _count(summary: DownloadSummary, status: str, reason: str) -> None:
     elif status == DUPLICATE:
         summary.duplicate += 1
     else:
-        getattr(summary, status)[reason] += 1
+        {DEAD: summary.dead, REFUSED: summary.refused, FAILED: summary.failed}[status][reason] += 1
 
 
 def _final(last: dict) -> set:

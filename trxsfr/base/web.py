@@ -27,7 +27,7 @@ import logging
 import re
 import socket
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 import httpcore
 import httpx
@@ -183,10 +183,8 @@ class Fetcher:
     Use as a context manager, or call `close()`.
     """
 
-    def __init__(self, options: FetchOptions = FetchOptions(), connections: int = 16,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, options: FetchOptions = FetchOptions(), connections: int = 16):
         self.options = options
-        self._sleep = sleep
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self._client = httpx.Client(
             transport=_CheckedTransport(limits, options.allow_private), trust_env=False,
@@ -245,7 +243,7 @@ class Fetcher:
                 if e.retry_after is not None:
                     wait = max(wait, min(e.retry_after, _MAX_RETRY_AFTER))
                 log.debug("%s: %s; retrying in %.2f s", url, e.reason, wait)
-                self._sleep(wait)
+                time.sleep(wait)
         raise AssertionError("unreachable")
 
     def _attempt(self, url: httpx.URL):
