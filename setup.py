@@ -23,6 +23,9 @@ setup(
         "numpy>=1.26,<3",
         "pillow>=10,<13",
         "tqdm>=4.66,<5",
+        # download / label on URLs: redirects, timeouts, streaming with a size cap, TLS and
+        # a connection pool whose connect step checks the address (base/web.py).
+        "httpx>=0.27,<1",
         # head.write_summaries writes event files with TensorBoard's own protobuf writers.
         "tensorboard>=2.20,<2.22",
         # report/explain figures, drawn with the non-interactive Agg renderer.

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from trxsfr.base.contract import is_tflite
 from trxsfr.base.errors import TrxsfrError
-from trxsfr.cli import deploy, process, train, use
+from trxsfr.cli import deploy, process, train, use, web
 from trxsfr.cli.common import EXIT_BAD_INPUT, Formatter, Parser
 
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     use.add_explain_parser(sub)
     train.add_fixtures_parser(sub)
     deploy.add_deploy_parsers(sub)
+    web.add_download_parser(sub)
     return parser
 
 

@@ -80,7 +80,7 @@ class ProgressBars:
         if bar is None:
             from tqdm import tqdm
 
-            unit = "step" if stage == "fine-tune" else "img"
+            unit = {"fine-tune": "step", "download": "url"}.get(stage, "img")
             bar = self._bars[stage] = tqdm(total=total, desc=stage, unit=unit, file=sys.stderr,
                                            smoothing=0.1)
         bar.update(done)

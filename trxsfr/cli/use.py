@@ -6,7 +6,7 @@ import argparse
 import json
 
 from trxsfr.base.config import LabelConfig
-from trxsfr.cli import process
+from trxsfr.cli import process, web
 from trxsfr.cli.common import (
     EXIT_BELOW_GATE,
     EXIT_OK,
@@ -27,14 +27,15 @@ def add_label_parser(sub) -> None:
         "label", formatter_class=Formatter,
         help="Label images with an exported model; evaluate it on class folders.",
         description=(
-            "Inputs are image files and/or folders. A folder of images gets one\n"
+            "Inputs are image files, folders, http(s) URLs and .txt lists of URLs (one per\n"
+            "line; a .txt file whose first line is a URL). A folder of images gets one\n"
             "'label score path' line per class per image (top-k, highest first). A folder\n"
             "whose sub-folders are named after the model's labels is an evaluation set:\n"
             "accuracy, per-class accuracy, a confusion matrix and the misclassified files follow."
         ),
     )
     g = p.add_argument_group("Data")
-    g.add_argument("inputs", nargs="*", help="Image files and folders.")
+    g.add_argument("inputs", nargs="*", help="Image files, folders, URLs and .txt lists of URLs.")
     g.add_argument("--image", action="append", default=[],
                    help="An image file to label (label_image.py's flag; may repeat).")
     g = p.add_argument_group("Model")
@@ -74,6 +75,7 @@ def add_label_parser(sub) -> None:
                    help=f"Name every skipped file (more than {LISTED_SKIPS} are otherwise "
                         f"counted by reason, with the first few names; --format json always "
                         f"lists each).")
+    web.add_fetch_flags(p.add_argument_group("URLs"))
     p.set_defaults(run=run_label)
 
 
@@ -93,6 +95,7 @@ def run_label(args) -> int:
     with ProgressBars(not args.quiet and args.format != "json") as bars:
         run = labeling.run(predictor, config.inputs, batch_size=config.batch_size,
                            on_progress=bars, labels_file=args.labels,
+                           fetch=web.fetch_options(args),
                            evaluation_required_by="--min_accuracy"
                            if config.min_accuracy is not None else None,
                            max_pixels=config.max_image_pixels)

@@ -14,7 +14,8 @@ from trxsfr.base.config import FORWARD_BATCH_SIZE, MAX_IMAGE_PIXELS, ProgressFn
 from trxsfr.base.contract import ModelInfo
 from trxsfr.base.errors import InputError
 from trxsfr.base.listing import Skipped
-from trxsfr.use import metrics
+from trxsfr.base.web import FetchOptions
+from trxsfr.use import metrics, remote
 from trxsfr.use.classifier import Predictor
 
 log = logging.getLogger(__name__)
@@ -24,13 +25,16 @@ log = logging.getLogger(__name__)
 class Entry:
     path: str  # as the user will read it: the input joined with the file's relative path
     truth: Optional[int]  # label index when the file sits in a folder named after a label
+    file: Optional[str] = None  # where to read it when not at `path` (a URL's fetched copy)
 
 
-def collect(inputs: Sequence[str], labels: Sequence[str]) -> tuple[list[Entry], list[Skipped], list[str]]:
+def collect(inputs: Sequence[str], labels: Sequence[str], fetch: Optional[FetchOptions] = None
+            ) -> tuple[list[Entry], list[Skipped], list[str]]:
     """Entries to label, files skipped for their type, and sub-folders that are no model label.
 
     A folder with sub-folders named after model labels is an evaluation set; any
-    other folder is labelled file by file.
+    other folder is labelled file by file. URLs and .txt lists of URLs are fetched
+    (use/remote.py, with `fetch`); a URL that does not come is skipped with its reason.
 
     Raises:
         InputError: an input does not exist, or there is no image file at all.
@@ -43,8 +47,12 @@ def collect(inputs: Sequence[str], labels: Sequence[str]) -> tuple[list[Entry], 
         else:
             skipped.append(listing.not_an_image(path))
 
+    fetched = remote.fetch([i for i in inputs if remote.is_remote(i)], fetch or FetchOptions())
     for inp in inputs:
-        if os.path.isfile(inp):
+        if inp in fetched:
+            entries += [Entry(url, None, file=path) for path, url in fetched[inp][0]]
+            skipped += fetched[inp][1]
+        elif os.path.isfile(inp):
             add(inp, None)
         elif os.path.isdir(inp):
             subdirs = listing.class_dirs(inp)
@@ -199,7 +207,7 @@ _NO_EVALUATION_SET = ("needs an evaluation set: a folder whose sub-folders are n
 def run(predictor: Predictor, inputs: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE,
         on_progress: Optional[ProgressFn] = None, labels_file: Optional[str] = None,
         evaluation_required_by: Optional[str] = None,
-        max_pixels: int = MAX_IMAGE_PIXELS) -> LabelRun:
+        max_pixels: int = MAX_IMAGE_PIXELS, fetch: Optional[FetchOptions] = None) -> LabelRun:
     """Predict every image under `inputs` with a loaded model; evaluate those with a known label.
 
     Args:
@@ -208,6 +216,7 @@ def run(predictor: Predictor, inputs: Sequence[str], batch_size: int = FORWARD_B
         labels_file: label_image.py's --labels; only checked against the model's own.
         evaluation_required_by: what needs an evaluation set (e.g. "--min_accuracy").
         max_pixels: images whose header says more pixels are skipped undecoded.
+        fetch: how URL inputs are fetched (timeouts, size cap, private addresses).
 
     Raises:
         InputError: `evaluation_required_by` is given and no input image has a known
@@ -223,10 +232,11 @@ def run(predictor: Predictor, inputs: Sequence[str], batch_size: int = FORWARD_B
         if contract.read_labels(labels_file) != clf.labels:
             log.warning("--labels %s differs from the model's own labels; using the model's",
                         labels_file)
-    entries, skipped, unknown = collect(inputs, clf.labels)
+    entries, skipped, unknown = collect(inputs, clf.labels, fetch)
     if evaluation_required_by and all(e.truth is None for e in entries):
         raise InputError(f"{evaluation_required_by} {_NO_EVALUATION_SET}")
-    preds = clf.predict_paths([e.path for e in entries], batch_size, on_progress, max_pixels)
+    preds = clf.predict_paths([e.file or e.path for e in entries], batch_size, on_progress,
+                              max_pixels)
     skipped = skipped + preds.failed
     kept = [entries[i] for i in preds.ok]
     evaluation = None
