@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, assert_bad_input, run_cli, subprocess_env
+from helpers import REPO, assert_bad_input, run_cli, subprocess_env
 from trxsfr.base import web
 from trxsfr.download import DownloadOptions, default_manifest, download
 
