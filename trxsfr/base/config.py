@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from trxsfr.base.contract import GRAPH_OUTPUT
+
 DEFAULT_MODULE = "mobilenet_v2_100_224"
 # Images per forward pass of extraction and `label`; two such passes run at once
 # (imaging.FORWARD_STREAMS). 2 x 16 ran as fast as 2 x 32 on 2 cores, and peaks
@@ -55,6 +57,18 @@ class RetrainConfig:
     print_misclassified_test_images: bool = False
     seed: int = 0
     progress: bool = True
+
+    # ---- Compatibility with TF's retrain.py and the codelab (flags: trxsfr/cli/codelab.py;
+    # the graphs: trxsfr/train/freeze.py). Unset, a run writes what it wrote before.
+    # Also write a frozen GraphDef of the whole classifier to this .pb file.
+    output_graph: Optional[str] = None
+    # Every this many training steps, write intermediate_<step>.pb there; 0: never.
+    intermediate_store_frequency: int = 0
+    intermediate_output_graphs_dir: str = "trxsfr_intermediate_graphs"
+    # Name of the frozen graph's softmax output.
+    final_tensor_name: str = GRAPH_OUTPUT
+    # TF-Hub's download cache for this run (the codelab's --model_dir); None: TF-Hub's own.
+    tfhub_cache_dir: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
