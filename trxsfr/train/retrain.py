@@ -188,12 +188,14 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     """
     from trxsfr.train import cache
     from trxsfr.train import export
+    from trxsfr.train import freeze
     from trxsfr.train import head
     from trxsfr.base import extractors
 
     timings = {}
     t0 = time.perf_counter()
     check_settings(config)
+    freeze.check_settings(config)  # --output_graph and the other codelab flags
     image_set = dataset.discover(config.image_dir, config.validation_percentage,
                                  config.testing_percentage)
     dataset.check_trainable(image_set)
@@ -213,12 +215,14 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     ordered_paths = [image_set.abs_path(it) for it in ordered]
     prefetch = cache.KeyPrefetch(config.bottleneck_dir, ordered_paths)
     try:
-        extractor = extractors.load(config.tfhub_module, config.image_size)
+        extractor = extractors.load(config.tfhub_module, config.image_size,
+                                    cache_dir=config.tfhub_cache_dir)
     finally:
         prefetched = prefetch.stop()
     timings["module_load_s"] = time.perf_counter() - t0
     log.info("module %s: %dx%d images -> %d-d features", config.tfhub_module,
              *extractor.image_size, extractor.dim)
+    graphs = freeze.prepare(config, extractor, image_set.labels)  # None unless --output_graph
     store = cache.store_for(config.bottleneck_dir, extractor)
     try:
         store.paths.add_many(prefetched)
@@ -280,7 +284,8 @@ def retrain(config: RetrainConfig) -> RetrainResult:
                                         validation, summary_dir)
     else:
         trained = head.train(x_train, y_train, len(image_set.labels), head_options(config),
-                             validation=validation, summary_dir=summary_dir)
+                             validation=validation, summary_dir=summary_dir,
+                             on_step=graphs.on_step(image_set.labels) if graphs else None)
     timings["train_s"] = time.perf_counter() - t1
 
     final_head = trained.head
@@ -358,6 +363,8 @@ def retrain(config: RetrainConfig) -> RetrainResult:
     version_dir = export.save_versioned(extractor, final_head.weights, final_head.bias,
                                         image_set.labels, metadata, config.saved_model_dir)
     timings["export_s"] = time.perf_counter() - t1
+    if graphs:
+        graphs.write(final_head, image_set.labels, version_dir, tuned is not None)
     if config.output_labels:
         export.write_labels_file(config.output_labels, image_set.labels)
     timings["total_s"] = time.perf_counter() - t0
