@@ -172,7 +172,7 @@ _NO_EVALUATION_SET = ("needs an evaluation set: a folder whose sub-folders are n
 
 def run(model: str, inputs: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE, progress: bool = True,
         labels_file: Optional[str] = None,
-        evaluation_required_by: Optional[str] = None) -> LabelReport:
+        evaluation_required_by: Optional[str] = None, graph_options=None) -> LabelReport:
     """Load `model`, predict every image under `inputs`, evaluate those with a known label.
 
     Raises:
@@ -183,7 +183,7 @@ def run(model: str, inputs: Sequence[str], batch_size: int = FORWARD_BATCH_SIZE,
     from trxsfr.use import classifier
     from trxsfr.use.metrics import metrics
 
-    clf = classifier.load(model)
+    clf = classifier.load(model, graph_options)  # graph_options: label_image.py's, for a .pb
     if labels_file:
         if os.path.isdir(labels_file):
             raise InputError(f"--labels {labels_file} is a folder; pass a labels.txt file")
