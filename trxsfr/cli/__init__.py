@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from trxsfr.cli import native_stderr
+from trxsfr.cli import codelab, native_stderr
 from trxsfr.base.config import DEFAULT_MODULE, SWEEPABLE, LabelConfig, RetrainConfig
 from trxsfr.base.errors import InputError, TrxsfrError
 from trxsfr.cli.tables import table
@@ -61,9 +61,6 @@ def add_retrain_parser(sub) -> None:
     g.add_argument("--tfhub_module", default=DEFAULT_MODULE,
                    help="Feature-vector module: TF-Hub/Kaggle URL, local SavedModel directory, "
                         "or shortcut name (table in the README).")
-    g.add_argument("--architecture", default=None,
-                   help="The codelab's model names (mobilenet_0.50_224, inception_v3, ...), "
-                        "an alias for the matching shortcut; do not combine with --tfhub_module.")
     g.add_argument("--image_size", type=int, default=d.image_size,
                    help="Input size for modules that do not fix it; must match a module that does.")
     g.add_argument("--bottleneck_dir", default=d.bottleneck_dir,
@@ -132,6 +129,7 @@ def add_retrain_parser(sub) -> None:
     g.add_argument("--print_misclassified_test_images", action="store_true",
                    help="List the test images the new layer gets wrong.")
     g.add_argument("--quiet", action="store_true", help="Only warnings and results; no progress bar.")
+    codelab.add_retrain_compat_flags(p)
     p.set_defaults(run=run_retrain)
 
 
@@ -158,14 +156,10 @@ def _sweep_and_values(args, names) -> tuple[dict, tuple]:
 
 
 def retrain_config(args) -> RetrainConfig:
-    if args.architecture and args.tfhub_module != DEFAULT_MODULE:
-        raise InputError("give --tfhub_module or --architecture, not both")
-    from trxsfr.base.extractors import architecture_to_shortcut
-
-    module = architecture_to_shortcut(args.architecture) if args.architecture else args.tfhub_module
+    compat = codelab.apply_retrain_compat(args)  # TF retrain.py's flags; may set --tfhub_module
     swept, sweep = _sweep_and_values(args, SWEEPABLE)
     return RetrainConfig(  # values are checked by pipeline.check_settings
-        image_dir=args.image_dir, tfhub_module=module, image_size=args.image_size,
+        image_dir=args.image_dir, tfhub_module=args.tfhub_module, image_size=args.image_size,
         bottleneck_dir=args.bottleneck_dir, bottleneck_batch_size=args.bottleneck_batch_size,
         how_many_training_steps=args.how_many_training_steps,
         optimizer=args.optimizer, dropout=args.dropout, class_weight=args.class_weight,
@@ -181,7 +175,7 @@ def retrain_config(args) -> RetrainConfig:
         random_scale=args.random_scale, random_brightness=args.random_brightness,
         augment_copies=args.augment_copies, fine_tune_steps=args.fine_tune_steps,
         fine_tune_learning_rate=args.fine_tune_learning_rate,
-        fine_tune_batch_size=args.fine_tune_batch_size,
+        fine_tune_batch_size=args.fine_tune_batch_size, **compat,
     )
 
 
@@ -248,17 +242,16 @@ def add_label_parser(sub) -> None:
     g = p.add_argument_group("Model")
     g.add_argument("--model", "--graph", dest="model", default=d.model,
                    help="A model version directory, or a base directory (its highest numbered "
-                        "version is used, as TF Serving does). --graph is label_image.py's name.")
+                        "version is used, as TF Serving does), a .tflite file, or a frozen "
+                        "graph .pb (retrain --output_graph, TF's retrain.py). --graph is "
+                        "label_image.py's name.")
     g.add_argument("--labels", default=None,
-                   help="label_image.py's labels file; the model carries its labels, this file "
-                        "is only checked against them.")
-    for flag in ("--input_height", "--input_width", "--input_mean", "--input_std"):
-        g.add_argument(flag, type=float, default=None,
-                       help="Accepted for label_image.py compatibility and ignored: the model "
-                            "carries its own preprocessing.")
-    for flag in ("--input_layer", "--output_layer"):
-        g.add_argument(flag, default=None,
-                       help="Accepted for label_image.py compatibility and ignored.")
+                   help="label_image.py's labels file. A frozen graph without labels of its own "
+                        "(as TF's retrain.py wrote them) takes them from here, else from a "
+                        "labels file beside it (<graph>.labels.txt, retrained_labels.txt); "
+                        "other models carry their labels and this file is only checked "
+                        "against them.")
+    codelab.add_label_image_flags(g)  # --input_layer, --input_mean, ... for a frozen graph
     g = p.add_argument_group("Inference")
     g.add_argument("--batch_size", type=int, default=d.batch_size,
                    help="Images per forward pass (two run at once, one for a .tflite model).")
@@ -292,10 +285,11 @@ def run_label(args) -> int:
         from trxsfr import report as html_report
 
         html_report.check_output(args.report)  # before the work, not after it
+    graph_options = codelab.label_graph_options(args)  # label_image.py's flags, for a .pb
     _import_tensorflow_quietly()  # after the checks above, which need no TensorFlow
     report = labeling.run(args.model, inputs, batch_size=args.batch_size,
                           progress=not args.quiet and args.format != "json",
-                          labels_file=args.labels,
+                          labels_file=args.labels, graph_options=graph_options,
                           evaluation_required_by="--min_accuracy" if args.min_accuracy is not None
                           else None)
     if args.format == "json":
