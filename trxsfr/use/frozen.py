@@ -91,6 +91,9 @@ class FrozenGraphClassifier(Classifier):
             raise ModelError(f"{path}: --input_layer {input_name} takes {self._input.dtype.name}, "
                              f"not the float32 images label_image feeds")
         self.image_size = _image_size(self._input.shape, o, input_name, path)
+        # Graphs made from TF-slim's frozen MobileNets take a fixed batch, often [1, ...].
+        shape = self._input.shape
+        self._batch = int(shape[0]) if shape.rank == 4 and shape[0] is not None else None
         known = (self.metadata.get("inputs") or {}).get(input_name) or {}
         mean, std = (known.get("mean"), known.get("std")) if known else \
             contract.GRAPH_NORMALISATION.get(input_name, DEFAULT_NORMALISATION)
@@ -138,7 +141,13 @@ class FrozenGraphClassifier(Classifier):
     def _forward(self, images) -> np.ndarray:
         x = np.asarray(images, np.float32) * np.float32(255.0)
         x = (x - np.float32(self.input_mean)) / np.float32(self.input_std)
-        probs = np.asarray(self._session.run(self._output, {self._input: x}), np.float32)
+        if self._batch is None:
+            probs = np.asarray(self._session.run(self._output, {self._input: x}), np.float32)
+        else:  # the graph's own batch size: chunks of it, the last one padded
+            b, n = self._batch, len(x)
+            padded = np.concatenate([x, np.zeros(((-n) % b, *x.shape[1:]), np.float32)])
+            probs = np.concatenate([self._session.run(self._output, {self._input: padded[i:i + b]})
+                                    for i in range(0, len(padded), b)]).astype(np.float32)[:n]
         if probs.ndim != 2 or probs.shape[1] != len(self.labels):
             raise ModelError(f"{self.path}: {self._output.op.name} gives shape {probs.shape}, "
                              f"not one score per label ({len(self.labels)})")
