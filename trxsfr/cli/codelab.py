@@ -45,7 +45,8 @@ def add_retrain_compat_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--architecture", default=None,
                    help="The codelab's model names (mobilenet_0.50_224, mobilenet_1.0_224, "
                         "inception_v3, ...), an alias for the matching TF-Hub module "
-                        "(downloaded once); do not combine with --tfhub_module.")
+                        "(downloaded once, into --model_dir if given); do not combine with "
+                        "--tfhub_module.")
     g.add_argument("--model_dir", default=d.tfhub_cache_dir, metavar="DIR",
                    help="Keep downloaded modules in this folder (TF-Hub's cache, "
                         "TFHUB_CACHE_DIR) for this run; unset: TF-Hub's own cache.")
@@ -58,8 +59,8 @@ def add_retrain_compat_flags(parser: argparse.ArgumentParser) -> None:
                         "holding another model is never replaced.")
     g.add_argument("--intermediate_store_frequency", type=int,
                    default=d.intermediate_store_frequency, metavar="N",
-                   help="Every N training steps, write the graph as it is to "
-                        "--intermediate_output_graphs_dir/intermediate_<step>.pb; 0: never.")
+                   help="Every N training steps, write the graph as it is then, as "
+                        "intermediate_<step>.pb in --intermediate_output_graphs_dir; 0: never.")
     g.add_argument("--intermediate_output_graphs_dir", metavar="DIR",
                    default=d.intermediate_output_graphs_dir,
                    help="Folder of the intermediate graphs.")
