@@ -126,7 +126,8 @@ def test_codelab_400_steps_then_label_image(fx, tmp_path):
     graph = work / "tf_files" / "retrained_graph.pb"
     assert graph.is_file()
     assert (work / "tf_files" / "retrained_labels.txt").read_text() == "blue\ngreen\nred\n"
-    assert not os.path.exists(work / "tf_files" / "retrained_graph.labels.txt")  # has --output_labels
+    # --output_labels was given: no <graph>.labels.txt beside the graph
+    assert not os.path.exists(work / "tf_files" / "retrained_graph.labels.txt")
 
     lab = run_subprocess(py, os.path.join(REPO, "label_image.py"),
                          "--graph=tf_files/retrained_graph.pb", f"--image={IMAGE}", cwd=work)
@@ -184,7 +185,8 @@ def label_image(work, *args) -> object:
 
 def test_codelab_4000_steps_then_label_image(seed_4000):
     work = seed_4000["work"]
-    assert os.path.isdir(work / "tf_files" / "models" / "mobilenet_1.0_224") is False  # local module
+    # a local module: TF-Hub's cache (--model_dir) is never touched
+    assert not os.path.exists(work / "tf_files" / "models" / "mobilenet_1.0_224")
     r = label_image(work, "--graph=tf_files/retrained_graph.pb", f"--image={IMAGE}")
     assert r.code == 0, r
     assert_same_as_saved_model(codelab_scores(r.lines), seed_4000["version_dir"], work / IMAGE)
@@ -249,7 +251,8 @@ def test_model_dir_is_the_tfhub_cache(fx, tmp_path):
 RETRAIN_FLAGS = {
     "--image_dir": ("photos", lambda c: c.image_dir == "photos"),
     "--output_graph": ("g.pb", lambda c: c.output_graph == "g.pb"),
-    "--intermediate_output_graphs_dir": ("inter", lambda c: c.intermediate_output_graphs_dir == "inter"),
+    "--intermediate_output_graphs_dir": ("inter",
+                                         lambda c: c.intermediate_output_graphs_dir == "inter"),
     "--intermediate_store_frequency": ("100", lambda c: c.intermediate_store_frequency == 100),
     "--output_labels": ("l.txt", lambda c: c.output_labels == "l.txt"),
     "--summaries_dir": ("sums", lambda c: c.summaries_dir == "sums"),
@@ -272,7 +275,8 @@ RETRAIN_FLAGS = {
     "--architecture": ("mobilenet_0.50_224", lambda c: c.tfhub_module == "mobilenet_v1_050_224"),
     "--tfhub_module": ("https://tfhub.dev/google/imagenet/inception_v3/feature_vector/3",
                        lambda c: c.tfhub_module.endswith("inception_v3/feature_vector/3")),
-    "--saved_model_dir": ("/tmp/saved_models/", lambda c: c.saved_model_dir == "/tmp/saved_models/"),
+    "--saved_model_dir": ("/tmp/saved_models/",
+                          lambda c: c.saved_model_dir == "/tmp/saved_models/"),
     "--logging_verbosity": ("WARN", lambda c: not c.progress),
     "--checkpoint_path": ("/tmp/_retrain_checkpoint", None),
 }
