@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """TF label_image.py's successor: `python label_image.py --graph MODEL --image FILE`.
 
-Prints the codelab's `Evaluation time (1-image): ...` and `label (score=...)` lines;
-all of `trxsfr label`'s flags work too (e.g. `--format text` for evaluation output).
+MODEL is a frozen graph (`retrained_graph.pb` from `retrain.py --output_graph`, or
+one TF's retrain.py wrote; label_image.py's --labels, --input_layer, --input_mean, ...
+apply to it), a SavedModel directory or a .tflite. Prints the codelab's
+`Evaluation time (1-image): ...` and `label (score=...)` lines; all of `trxsfr
+label`'s flags work too (e.g. `--format text` for evaluation output).
 """
 
 import sys

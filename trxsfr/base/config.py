@@ -14,6 +14,8 @@ from trxsfr.base.errors import InputError
 # work, `done` new units (images, steps) out of `total`; the CLI draws the bars.
 ProgressFn = Callable[[str, int, int], None]
 
+from trxsfr.base.contract import GRAPH_OUTPUT
+
 DEFAULT_MODULE = "mobilenet_v2_100_224"
 # Images per forward pass of extraction and `label`; two such passes run at once
 # (imaging.FORWARD_STREAMS). 2 x 16 ran as fast as 2 x 32 on 2 cores, and peaks
@@ -122,6 +124,18 @@ class RetrainConfig:
                                      or self.fine_tune_batch_size <= 0):
             raise InputError("--fine_tune_learning_rate and --fine_tune_batch_size must be "
                              "positive")
+
+    # ---- Compatibility with TF's retrain.py and the codelab (flags: trxsfr/cli/codelab.py;
+    # the graphs: trxsfr/train/freeze.py). Unset, a run writes what it wrote before.
+    # Also write a frozen GraphDef of the whole classifier to this .pb file.
+    output_graph: Optional[str] = None
+    # Every this many training steps, write intermediate_<step>.pb there; 0: never.
+    intermediate_store_frequency: int = 0
+    intermediate_output_graphs_dir: str = "trxsfr_intermediate_graphs"
+    # Name of the frozen graph's softmax output.
+    final_tensor_name: str = GRAPH_OUTPUT
+    # TF-Hub's download cache for this run (the codelab's --model_dir); None: TF-Hub's own.
+    tfhub_cache_dir: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)

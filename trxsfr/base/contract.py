@@ -260,3 +260,76 @@ def tflite_sidecars(tflite_path: str) -> tuple[str, str]:
     """(labels file, info file) that live beside `tflite_path`."""
     stem = tflite_path[: -len(TFLITE_SUFFIX)] if is_tflite(tflite_path) else tflite_path
     return stem + ".labels.txt", stem + ".trxsfr.json"
+
+
+# ---------------------------------------------------------------- frozen GraphDef (--output_graph)
+# A TF1-style frozen graph of the whole classifier, for what the TensorFlow for Poets
+# codelab and TF-Hub's retrain.py fed: their label_image.py, the Android/iOS demos, C++
+# programs. Variables are constants; `tf.compat.v1.import_graph_def` loads it alone.
+# The tensor names and normalisations are theirs, so their commands work unchanged.
+
+GRAPH_SUFFIX = ".pb"
+# The codelab's input: float32 [N, H, W, 3] holding (pixel - 128) / 128.
+GRAPH_INPUT = "input"
+# TF-Hub retrain.py's input: the same images as float32 in [0, 1] (pixel / 255).
+GRAPH_FLOAT_INPUT = "Placeholder"
+# (input_mean, input_std) each input takes: label_image.py feeds (pixel - mean) / std.
+GRAPH_NORMALISATION = {GRAPH_INPUT: (128.0, 128.0), GRAPH_FLOAT_INPUT: (0.0, 255.0)}
+# The softmax over the labels; retrain's --final_tensor_name renames it.
+GRAPH_OUTPUT = "final_result"
+# The new layer's constants (the codelab's variable names), set per written graph.
+GRAPH_WEIGHTS = "final_training_ops/weights/final_weights"
+GRAPH_BIASES = "final_training_ops/biases/final_biases"
+# Constants that no computation reads: the labels (string [C], class-id order) and a
+# JSON string (GRAPH_FORMAT, preprocessing, module, output name, training step).
+GRAPH_LABELS = "trxsfr/labels"
+GRAPH_INFO = "trxsfr/info"
+GRAPH_FORMAT = "trxsfr-frozen-graph-1"
+# `intermediate_<step>.pb` in --intermediate_output_graphs_dir, as retrain.py names them.
+GRAPH_INTERMEDIATE = "intermediate_{step}.pb"
+
+
+def is_graph(path: str) -> bool:
+    """A frozen GraphDef file by its name (a SavedModel's own saved_model.pb is not one)."""
+    name = os.path.basename(str(path))
+    return name.endswith(GRAPH_SUFFIX) and name != SAVED_MODEL_FILE
+
+
+def graph_labels_sidecar(graph_path: str) -> str:
+    """`<stem>.labels.txt`: the labels file retrain writes beside --output_graph when
+    --output_labels is not given."""
+    stem = graph_path[: -len(GRAPH_SUFFIX)] if graph_path.endswith(GRAPH_SUFFIX) else graph_path
+    return stem + ".labels.txt"
+
+
+def graph_labels_candidates(graph_path: str) -> list[str]:
+    """Labels files that may sit beside a frozen graph, most specific first: the sidecar,
+    the graph's name with `graph` -> `labels` (retrained_graph.pb -> retrained_labels.txt,
+    TF-Hub's output_graph.pb -> output_labels.txt), the codelab's retrained_labels.txt."""
+    folder, name = os.path.split(graph_path)
+    stem = name[: -len(GRAPH_SUFFIX)] if name.endswith(GRAPH_SUFFIX) else name
+    found = [graph_labels_sidecar(graph_path)]
+    if "graph" in stem:
+        found.append(os.path.join(folder, stem.replace("graph", "labels") + ".txt"))
+    found.append(os.path.join(folder, "retrained_labels.txt"))
+    return list(dict.fromkeys(found))
+
+
+def graph_constants(graph_def) -> tuple[Optional[list[str]], dict]:
+    """(labels, info) that a frozen GraphDef trxsfr wrote carries in GRAPH_LABELS and
+    GRAPH_INFO; (None, {}) for any other graph. Reads the protocol buffer only."""
+    labels, info = None, {}
+    for node in graph_def.node:
+        if node.op != "Const" or node.name not in (GRAPH_LABELS, GRAPH_INFO):
+            continue
+        values = list(node.attr["value"].tensor.string_val)
+        if node.name == GRAPH_LABELS:
+            labels = [v.decode("utf-8", "replace") for v in values]
+            continue
+        try:
+            doc = json.loads(values[0].decode("utf-8")) if values else None
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and doc.get("format") == GRAPH_FORMAT:
+            info = doc
+    return (labels, info) if info else (None, {})

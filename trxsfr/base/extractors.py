@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -147,13 +148,35 @@ def _fixed_input_size(shapes) -> Optional[tuple[int, int]]:
     return None
 
 
-def _local_dir(location: str) -> str:
+_TFHUB_CACHE_DIR = "TFHUB_CACHE_DIR"
+
+
+@contextlib.contextmanager
+def _tfhub_cache(cache_dir: Optional[str]):
+    """TF-Hub's download cache is `cache_dir` inside the block (it reads only its
+    TFHUB_CACHE_DIR variable or an absl flag); the variable is restored after."""
+    if not cache_dir:
+        yield
+        return
+    before = os.environ.get(_TFHUB_CACHE_DIR)
+    os.environ[_TFHUB_CACHE_DIR] = os.path.abspath(os.path.expanduser(cache_dir))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_TFHUB_CACHE_DIR, None)
+        else:
+            os.environ[_TFHUB_CACHE_DIR] = before
+
+
+def _local_dir(location: str, cache_dir: Optional[str] = None) -> str:
     if os.path.isdir(location):
         return location
     import tensorflow_hub as hub
 
     try:
-        return hub.resolve(location)
+        with _tfhub_cache(cache_dir):
+            return hub.resolve(location)
     except Exception as e:  # network, HTTP, archive errors all mean the same to a user
         raise ModuleError(
             f"could not fetch module {location} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
@@ -161,13 +184,16 @@ def _local_dir(location: str) -> str:
         ) from e
 
 
-def load(handle: str, image_size: Optional[int] = None) -> Extractor:
+def load(handle: str, image_size: Optional[int] = None,
+         cache_dir: Optional[str] = None) -> Extractor:
     """Load an image feature-vector module with `hub.load` and check what it computes.
 
     Args:
         handle: shortcut name, TF-Hub/Kaggle URL or local SavedModel directory.
         image_size: wanted input size; required when the module does not fix it
             and the handle is not a shortcut.
+        cache_dir: where a downloaded module is kept (TF-Hub's cache); None: TF-Hub's
+            default (TFHUB_CACHE_DIR or a temporary folder).
 
     Raises:
         ModuleError: the handle cannot be loaded, is not an image feature vector,
@@ -177,7 +203,7 @@ def load(handle: str, image_size: Optional[int] = None) -> Extractor:
     import tensorflow_hub as hub
 
     resolved = resolve(handle)
-    location = _local_dir(resolved.location)
+    location = _local_dir(resolved.location, cache_dir)
     try:
         module = hub.load(location)
     except Exception as e:

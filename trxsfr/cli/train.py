@@ -6,6 +6,7 @@ import argparse
 
 from trxsfr.base.config import DEFAULT_MODULE, SWEEPABLE, RetrainConfig
 from trxsfr.base.errors import InputError
+from trxsfr.cli import codelab
 from trxsfr.cli.common import (
     EXIT_OK,
     LISTED_SKIPS,
@@ -44,9 +45,6 @@ def add_retrain_parser(sub) -> None:
     g.add_argument("--tfhub_module", default=DEFAULT_MODULE,
                    help="Feature-vector module: TF-Hub/Kaggle URL, local SavedModel directory, "
                         "or shortcut name (table in the README).")
-    g.add_argument("--architecture", default=None,
-                   help="The codelab's model names (mobilenet_0.50_224, inception_v3, ...), "
-                        "an alias for the matching shortcut; do not combine with --tfhub_module.")
     g.add_argument("--image_size", type=int, default=d.image_size,
                    help="Input size for modules that do not fix it; must match a module that does.")
     g.add_argument("--bottleneck_dir", default=d.bottleneck_dir,
@@ -118,6 +116,7 @@ def add_retrain_parser(sub) -> None:
     g.add_argument("--verbose", action="store_true",
                    help=f"Name every skipped file (more than {LISTED_SKIPS} are otherwise "
                         f"counted by reason, with the first few names).")
+    codelab.add_retrain_compat_flags(p)
     p.set_defaults(run=run_retrain)
 
 
@@ -144,14 +143,10 @@ def _sweep_and_values(args, names) -> tuple[dict, tuple]:
 
 
 def retrain_config(args) -> RetrainConfig:
-    if args.architecture and args.tfhub_module != DEFAULT_MODULE:
-        raise InputError("give --tfhub_module or --architecture, not both")
-    from trxsfr.base.extractors import architecture_to_shortcut  # no TensorFlow import
-
-    module = architecture_to_shortcut(args.architecture) if args.architecture else args.tfhub_module
+    compat = codelab.apply_retrain_compat(args)  # TF retrain.py's flags; may set --tfhub_module
     swept, sweep = _sweep_and_values(args, SWEEPABLE)
     return RetrainConfig(  # values are checked by RetrainConfig.check
-        image_dir=args.image_dir, tfhub_module=module, image_size=args.image_size,
+        image_dir=args.image_dir, tfhub_module=args.tfhub_module, image_size=args.image_size,
         bottleneck_dir=args.bottleneck_dir, bottleneck_batch_size=args.bottleneck_batch_size,
         how_many_training_steps=args.how_many_training_steps,
         optimizer=args.optimizer, dropout=args.dropout, class_weight=args.class_weight,
@@ -167,7 +162,7 @@ def retrain_config(args) -> RetrainConfig:
         random_scale=args.random_scale, random_brightness=args.random_brightness,
         augment_copies=args.augment_copies, fine_tune_steps=args.fine_tune_steps,
         fine_tune_learning_rate=args.fine_tune_learning_rate,
-        fine_tune_batch_size=args.fine_tune_batch_size,
+        fine_tune_batch_size=args.fine_tune_batch_size, **compat,
     )
 
 

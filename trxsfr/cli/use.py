@@ -6,7 +6,7 @@ import argparse
 import json
 
 from trxsfr.base.config import LabelConfig
-from trxsfr.cli import process, web
+from trxsfr.cli import codelab, process, web
 from trxsfr.cli.common import (
     EXIT_BELOW_GATE,
     EXIT_OK,
@@ -41,17 +41,16 @@ def add_label_parser(sub) -> None:
     g = p.add_argument_group("Model")
     g.add_argument("--model", "--graph", dest="model", default=d.model,
                    help="A model version directory, or a base directory (its highest numbered "
-                        "version is used, as TF Serving does). --graph is label_image.py's name.")
+                        "version is used, as TF Serving does), a .tflite file, or a frozen "
+                        "graph .pb (retrain --output_graph, TF's retrain.py). --graph is "
+                        "label_image.py's name.")
     g.add_argument("--labels", default=None,
-                   help="label_image.py's labels file; the model carries its labels, this file "
-                        "is only checked against them.")
-    for flag in ("--input_height", "--input_width", "--input_mean", "--input_std"):
-        g.add_argument(flag, type=float, default=None,
-                       help="Accepted for label_image.py compatibility and ignored: the model "
-                            "carries its own preprocessing.")
-    for flag in ("--input_layer", "--output_layer"):
-        g.add_argument(flag, default=None,
-                       help="Accepted for label_image.py compatibility and ignored.")
+                   help="label_image.py's labels file. A frozen graph without labels of its own "
+                        "(as TF's retrain.py wrote them) takes them from here, else from a "
+                        "labels file beside it (<graph>.labels.txt, retrained_labels.txt); "
+                        "other models carry their labels and this file is only checked "
+                        "against them.")
+    codelab.add_label_image_flags(g)  # --input_layer, --input_mean, ... for a frozen graph
     g = p.add_argument_group("Inference")
     g.add_argument("--batch_size", type=int, default=d.batch_size,
                    help="Images per forward pass (two run at once, one for a .tflite model).")
@@ -90,8 +89,9 @@ def run_label(args) -> int:
         from trxsfr import report as html_report
 
         html_report.check_output(args.report)  # before the work, not after it
+    graph_options = codelab.label_graph_options(args)  # label_image.py's flags, for a .pb
     process.import_tensorflow_quietly()  # after the checks above, which need no TensorFlow
-    predictor = process.quietly(models.load, config.model)
+    predictor = process.quietly(models.load, config.model, graph_options)
     with ProgressBars(not args.quiet and args.format != "json") as bars:
         run = labeling.run(predictor, config.inputs, batch_size=config.batch_size,
                            on_progress=bars, labels_file=args.labels,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -140,6 +140,7 @@ def train(
     options: HeadOptions,
     validation: Optional[tuple[np.ndarray, np.ndarray]] = None,
     summary_dir: Optional[str] = None,
+    on_step: Optional[Callable[[int, Callable[[], Head]], None]] = None,
 ) -> TrainResult:
     """Fit softmax regression with mini-batches sampled by `options.seed`.
 
@@ -157,6 +158,8 @@ def train(
         validation: optional (float32 [M, D], int [M]) evaluated every `eval_interval` steps;
             needed for early stopping.
         summary_dir: write TensorBoard summaries to `<summary_dir>/train` and `/validation`.
+        on_step: called after every step with the step number (from 1) and a function
+            that returns the head as it is at that step (computed only when called).
 
     Returns:
         The head (the best one by validation cross-entropy under early stopping)
@@ -256,9 +259,14 @@ def train(
         else:
             params -= np.float32(o.learning_rate) * grad
 
+    def current_head():
+        return Head(*(a.astype(np.float32) for a in raw_weights()))
+
     def run(batches, t0):
         for i, idx in enumerate(batches):
             step_once(t0 + i + 1, idx)
+            if on_step is not None:
+                on_step(t0 + i + 1, current_head)
         return loss_and_accuracy(features[batches[-1]], labels[batches[-1]])
 
     rng = np.random.default_rng(o.seed)

@@ -130,11 +130,12 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
         TrxsfrError: the data, module or destinations cannot make a model.
     """
     from trxsfr.base import extractors
-    from trxsfr.train import cache, export, head
+    from trxsfr.train import cache, export, freeze, head
 
     timings = {}
     t0 = time.perf_counter()
     config.check()
+    freeze.check_settings(config)  # --output_graph and the other codelab flags
     image_set = dataset.discover(config.image_dir, config.validation_percentage,
                                  config.testing_percentage)
     dataset.check_trainable(image_set)
@@ -153,12 +154,14 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
     ordered_paths = [image_set.abs_path(it) for it in ordered]
     prefetch = cache.KeyPrefetch(config.bottleneck_dir, ordered_paths)
     try:
-        extractor = extractors.load(config.tfhub_module, config.image_size)
+        extractor = extractors.load(config.tfhub_module, config.image_size,
+                                    cache_dir=config.tfhub_cache_dir)
     finally:
         prefetched = prefetch.stop()
     timings["module_load_s"] = time.perf_counter() - t0
     log.info("module %s: %dx%d images -> %d-d features", config.tfhub_module,
              *extractor.image_size, extractor.dim)
+    graphs = freeze.prepare(config, extractor, image_set.labels)  # None unless --output_graph
     store = cache.store_for(config.bottleneck_dir, extractor)
     try:
         store.paths.add_many(prefetched)
@@ -222,7 +225,8 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
                                         validation, summary_dir)
     else:
         trained = head.train(x_train, y_train, len(image_set.labels), head.HeadOptions.of(config),
-                             validation=validation, summary_dir=summary_dir)
+                             validation=validation, summary_dir=summary_dir,
+                             on_step=graphs.on_step(image_set.labels) if graphs else None)
     timings["train_s"] = time.perf_counter() - t1
 
     final_head = trained.head
@@ -297,6 +301,8 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
     version_dir = export.save_versioned(extractor, final_head.weights, final_head.bias,
                                         image_set.labels, info, config.saved_model_dir)
     timings["export_s"] = time.perf_counter() - t1
+    if graphs:
+        graphs.write(final_head, image_set.labels, version_dir, tuned is not None)
     if config.output_labels:
         export.write_labels_file(config.output_labels, image_set.labels)
     timings["total_s"] = time.perf_counter() - t0
