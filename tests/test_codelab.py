@@ -20,7 +20,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_bad_input, run_cli, run_subprocess
+from helpers import REPO, assert_bad_input, run_cli, run_subprocess
 from trxsfr import cli
 from trxsfr.base import contract
 from trxsfr.base.config import RetrainConfig
@@ -277,7 +277,7 @@ RETRAIN_FLAGS = {
                        lambda c: c.tfhub_module.endswith("inception_v3/feature_vector/3")),
     "--saved_model_dir": ("/tmp/saved_models/",
                           lambda c: c.saved_model_dir == "/tmp/saved_models/"),
-    "--logging_verbosity": ("WARN", lambda c: not c.progress),
+    "--logging_verbosity": ("WARN", "sets trxsfr's log level"),
     "--checkpoint_path": ("/tmp/_retrain_checkpoint", None),
 }
 
@@ -289,11 +289,14 @@ def test_every_retrain_py_flag_parses(flag):
     given = [flag] if value == "" else [f"{flag}={value}"]
     level = logging.getLogger("trxsfr").level
     try:
-        bare = cli.retrain_config(cli.build_parser().parse_args(base))
-        config = cli.retrain_config(cli.build_parser().parse_args(base + given))
+        bare = cli.train.retrain_config(cli.build_parser().parse_args(base))
+        config = cli.train.retrain_config(cli.build_parser().parse_args(base + given))
+        level_set = logging.getLogger("trxsfr").level
     finally:
         logging.getLogger("trxsfr").setLevel(level)
-    if check is None:
+    if isinstance(check, str):  # the log level (and with it the progress bar), not the config
+        assert level_set == logging.WARNING and config == bare
+    elif check is None:
         assert config == bare  # accepted, no effect
     else:
         assert check(config), config
@@ -512,7 +515,7 @@ def test_label_image_flags_on_a_saved_model_say_they_do_nothing(seed_4000):
 
 def test_config_defaults_are_the_flags_defaults():
     args = cli.build_parser().parse_args(["retrain", "--image_dir", "x"])
-    config = cli.retrain_config(args)
+    config = cli.train.retrain_config(args)
     for name in ("output_graph", "intermediate_store_frequency", "intermediate_output_graphs_dir",
                  "final_tensor_name", "tfhub_cache_dir"):
         assert getattr(config, name) == getattr(RetrainConfig, name)
