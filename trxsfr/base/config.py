@@ -183,14 +183,24 @@ class ServeConfig:
     num_batch_threads: int = 2
     version_labels: tuple[tuple[str, int], ...] = ()  # ((label, version), ...)
     access_log: bool = True
+    # What one connection may hold: a request header larger than this gets a 431 as soon
+    # as it arrives; a header or body not received in time gets a 408 and is cut off.
+    # 60 s for a body of max_body_bytes (32 MiB) asks 0.6 MB/s, a LAN's or an uplink's.
+    max_header_bytes: int = 64 * 1024
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 60.0
 
     def check(self) -> None:
         """Raises InputError, naming the flag, for settings that cannot work."""
         positive = ("max_batch_size", "max_body_bytes", "max_images_per_request",
-                    "max_image_pixels", "parse_threads", "num_batch_threads")
+                    "max_image_pixels", "parse_threads", "num_batch_threads", "max_header_bytes")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise InputError(f"--{name} must be positive, got {getattr(self, name)}")
+        for name in ("header_timeout_seconds", "body_timeout_seconds"):
+            value = getattr(self, name)  # NaN fails too; inf would be no limit at all
+            if not 0 < value <= 86_400:
+                raise InputError(f"--{name} must be in (0, 86400] seconds, got {value}")
         if self.batch_timeout_micros < 0:
             raise InputError("--batch_timeout_micros must be 0 or more")
         if not 0 < self.poll_seconds <= 86_400:  # NaN fails too; threading's wait overflows on inf

@@ -78,6 +78,15 @@ def add_serve_parser(sub) -> None:
     g.add_argument("--max_image_pixels", type=int, default=d.max_image_pixels,
                    help="Largest width x height of an uploaded image (checked before decoding); "
                         "larger ones get a 400.")
+    g.add_argument("--max_header_bytes", type=int, default=d.max_header_bytes,
+                   help="Largest request header (request line and header fields); a larger one "
+                        "gets a 431 as soon as that many bytes arrived, and the connection closes.")
+    g.add_argument("--header_timeout_seconds", type=float, default=d.header_timeout_seconds,
+                   help="Time a client has to send a request's whole header, from its first byte "
+                        "(or from connecting); a slower one gets a 408 and is disconnected.")
+    g.add_argument("--body_timeout_seconds", type=float, default=d.body_timeout_seconds,
+                   help="Time a client has to send a request's whole body once its header is in; "
+                        "a slower one gets a 408 and is disconnected.")
     g = p.add_argument_group("Output")
     g.add_argument("--quiet", action="store_true",
                    help="No access log and no info lines; warnings and errors only.")
@@ -105,7 +114,9 @@ def run_serve(args) -> int:
         max_image_pixels=args.max_image_pixels, poll_seconds=args.file_system_poll_wait_seconds,
         parse_threads=args.parse_threads, num_batch_threads=args.num_batch_threads,
         version_labels=_version_labels(args.version_label),
-        access_log=not args.quiet,
+        access_log=not args.quiet, max_header_bytes=args.max_header_bytes,
+        header_timeout_seconds=args.header_timeout_seconds,
+        body_timeout_seconds=args.body_timeout_seconds,
     )
 
     def ready(url: str, version: int) -> None:

@@ -6,6 +6,7 @@ Modules, each with one job:
 - `rest`: TF Serving's JSON wire format: parsing and checking requests, formatting answers;
 - `batcher`: joins the images of concurrent requests into shared forward passes;
 - `versions`: loads, warms up and hot-swaps the model versions found in the base directory;
+- `connection`: each HTTP connection: header size limit, read timeouts, disconnects logged;
 - `page.html`: the upload page served at `/`.
 
 Settings are `trxsfr.base.config.ServeConfig`. Imports `trxsfr.use` and `trxsfr.base` only.

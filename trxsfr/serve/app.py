@@ -7,14 +7,20 @@ error shape (`{"error": "..."}`):
     GET  /v1/models/NAME[/versions/V | /labels/L]/metadata    signature defs
     POST /v1/models/NAME[/versions/V | /labels/L]:predict     row ("instances") or
                                                                columnar ("inputs") format
-Plus `GET /` (a page to upload a picture, `page.html`) and `GET /healthz`.
+Plus `GET /` (a page to upload a picture, `page.html`) and `GET /healthz`. Any other
+path, or a method a route does not take, gets TF Serving's words for a request it
+cannot route, `{"error": "Malformed request: GET /x"}`, with a 404 (or 405).
+
+Each connection is a `connection.GuardedHttpToolsProtocol`: it refuses an oversized
+header (431), cuts off a client too slow to send its header or body (408), and logs a
+client that leaves before its answer.
 
 How a request flows:
 
 1. The event loop reads the body (up to `max_body_bytes`) and takes the
    current model snapshot; a version swap later does not affect this request.
-2. A small thread pool runs `rest.parse_request`: it parses the JSON, checks
-   inputs and limits, and reads each image's header (format, pixel count), so
+2. A small thread pool runs `rest.parse_request`: it parses the JSON (nested at
+   most 64 deep, integers of at most 100 digits), checks inputs and limits, and reads each image's header (format, pixel count), so
    most bad input fails here, per request, with a 400.
 3. The `Batcher` joins the images of concurrent requests and, on a
    TensorFlow worker thread, decodes and classifies them in one call
@@ -85,6 +91,7 @@ class Server:
         from contextlib import asynccontextmanager
 
         from starlette.applications import Starlette
+        from starlette.exceptions import HTTPException
         from starlette.routing import Route
 
         @asynccontextmanager
@@ -102,7 +109,7 @@ class Server:
             Route("/", self.page, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/v1/{rest:path}", self.v1, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
-        ], lifespan=lifespan)
+        ], lifespan=lifespan, exception_handlers={HTTPException: self.unrouted})
 
     # -- helpers
 
@@ -177,6 +184,7 @@ class Server:
     # -- endpoints
 
     async def v1(self, request):
+        from starlette.requests import ClientDisconnect
         from starlette.responses import JSONResponse
 
         try:
@@ -220,9 +228,20 @@ class Server:
             return JSONResponse(format_response(probs, lv.labels, parsed.row_format))
         except BadRequest as e:
             return self._error(str(e), e.status)
+        except ClientDisconnect:  # the connection logged it; nobody is left to answer
+            return self._error("client disconnected", 499)
         except Exception as e:
             log.exception("internal error on %s %s", request.method, request.url.path)
             return self._error(f"internal error: {type(e).__name__}: {e}", 500)
+
+    async def unrouted(self, request, exc):
+        """What Starlette's router refuses (a path no route takes, a method a route does not
+        take) in TF Serving's error shape, with its words for a request it cannot route."""
+        from starlette.responses import JSONResponse
+
+        message = (f"Malformed request: {request.method} {request.url.path}"
+                   if exc.status_code in (404, 405) else exc.detail)
+        return JSONResponse({"error": message}, exc.status_code, headers=exc.headers)
 
     async def healthz(self, request):
         from starlette.responses import JSONResponse
@@ -275,6 +294,8 @@ def serve(config: ServeConfig, on_ready=None) -> None:
     """
     import uvicorn
 
+    from trxsfr.serve.connection import guarded_protocol
+
     config.check()
     base = config.model_base_path
     if not os.path.isdir(base):
@@ -299,7 +320,7 @@ def serve(config: ServeConfig, on_ready=None) -> None:
     uv = uvicorn.Server(uvicorn.Config(
         server.app, log_level="info" if config.access_log else "warning",
         access_log=config.access_log, log_config=log_config, timeout_keep_alive=30,
-        lifespan="on",
+        lifespan="on", http=guarded_protocol(config),
     ))
     if on_ready is not None:
         on_ready(url, watcher.snapshot.latest.version)

@@ -7,7 +7,8 @@ signature. It checks names, shapes, value ranges and the per-request limits,
 and reads each encoded image's header (format, animation, pixel count) without
 decoding it. `format_response` turns probabilities into TF Serving's
 "predictions" or "outputs". Anything wrong is a `BadRequest` whose message is
-the `{"error": ...}` the client gets.
+the `{"error": ...}` the client gets. JSON nested deeper than `MAX_JSON_DEPTH` is
+refused before it is decoded, an integer of more than `MAX_INT_DIGITS` digits as it is.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import binascii
 import dataclasses
 import io
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,6 +42,14 @@ if TYPE_CHECKING:
 
 # Pillow's names of the formats tf.io.decode_image reads (MPO: a camera's JPEG).
 DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
+
+# A request nests 3 (b64 images) to 6 (float images, columnar, input named) levels deep.
+# Deeper JSON is refused before it is decoded: Python's decoder recurses in C once per
+# level and has no limit of its own but the interpreter's recursion limit.
+MAX_JSON_DEPTH = 64
+# Longest integer accepted in a request. Python converts a decimal string to an int in
+# quadratic time (and refuses more than 4,300 digits); floats convert in linear time.
+MAX_INT_DIGITS = 100
 
 
 class BadRequest(Exception):
@@ -92,10 +102,7 @@ def parse_request(body: bytes, lv: LoadedVersion, config: ServeConfig) -> Parsed
     Raises:
         BadRequest: anything wrong with the body, its names, its data or the limits.
     """
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadRequest(f"the request body is not valid JSON: {e}") from e
+    doc = load_json(body)
     if not isinstance(doc, dict):
         raise BadRequest(f"the request body must be a JSON object with \"instances\" or \"inputs\", "
                          f"got {_describe(doc)}")
@@ -134,6 +141,66 @@ def parse_request(body: bytes, lv: LoadedVersion, config: ServeConfig) -> Parsed
     else:
         images = _float_images(values, lv.image_size)
     return ParsedRequest(signature, row, images)
+
+
+def load_json(body: bytes) -> Any:
+    """The decoded body, or BadRequest: not JSON, nested deeper than MAX_JSON_DEPTH, or
+    holding an integer of more than MAX_INT_DIGITS digits."""
+    brackets = _brackets(body)
+    # The nesting cannot pass the number of brackets that open it: a body of b64 images
+    # has a few, and only float images (or abuse) need the running sum.
+    if brackets.count(b"[") + brackets.count(b"{") > MAX_JSON_DEPTH:
+        depth = _deepest(brackets)
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest(f"the request body's JSON is nested {depth:,} levels deep; "
+                             f"at most {MAX_JSON_DEPTH} are allowed")
+    try:
+        return json.loads(body, parse_int=_bounded_int)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(f"the request body is not valid JSON: {e}") from e
+
+
+def _bounded_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise BadRequest(f"the request body holds an integer of {digits:,} digits; at most "
+                         f"{MAX_INT_DIGITS} are allowed")
+    return int(text)
+
+
+def json_depth(text: bytes) -> int:
+    """How deep the brackets of a JSON text nest, those inside strings aside; the text
+    need not be valid JSON."""
+    return _deepest(_brackets(text))
+
+
+# Every byte but the brackets and the quote, dropped by bytes.translate.
+_NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'[]{}"')))
+_STRING = re.compile(rb'"[^"]*"')
+
+
+def _brackets(text: bytes) -> bytes:
+    r"""The brackets of a JSON text that are outside its strings, in order.
+
+    Linear passes in C: escaped backslashes and quotes go first (once every \\ pair is
+    gone, a \" left is a quote inside a string), then every byte but brackets and
+    quotes, then the strings.
+    """
+    if b"\\" in text:
+        text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    return _STRING.sub(b"", text.translate(None, _NOT_STRUCTURE)).replace(b'"', b"")
+
+
+def _deepest(brackets: bytes) -> int:
+    """The deepest level a sequence of brackets reaches (a running sum, in numpy)."""
+    codes = np.frombuffer(brackets, np.uint8)
+    deepest, level, chunk = 0, 0, 1 << 20  # chunks bound the memory of the running sums
+    for start in range(0, len(codes), chunk):
+        part = codes[start:start + chunk]
+        levels = np.cumsum(np.where((part == ord("[")) | (part == ord("{")), 1, -1),
+                           dtype=np.int64) + level
+        deepest, level = max(deepest, int(levels.max())), int(levels[-1])
+    return deepest
 
 
 def _unwrap_named(value: Any, input_name: str, signature: str, where: str) -> Any:
@@ -178,7 +245,8 @@ def _checked(data: bytes, config: ServeConfig, where: str) -> Encoded:
 def _float_images(values: list, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     try:
-        images = np.asarray(values, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a number past float32's range becomes inf, refused below
+            images = np.asarray(values, dtype=np.float32)
     except (ValueError, TypeError) as e:
         raise BadRequest(f"input \"{INPUT_IMAGES}\" must be numbers shaped [N, {h}, {w}, 3]: {e}") from e
     if images.shape[1:] != (h, w, 3):
