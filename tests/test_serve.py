@@ -134,10 +134,12 @@ def test_status_metadata_health_and_page(served):
     status, page = request(f"{url}/")
     assert status == 200 and "<input type=\"file\"" in page and ":predict" in page
     # what does not exist is a 404 in TF Serving's error shape
-    for path in ("/v1/models/other", f"/v1/models/{MODEL}/versions/7", f"/v1/models/{MODEL}/labels/x",
-                 "/v1/nothing"):
+    for path in ("/v1/models/other", f"/v1/models/{MODEL}/versions/7", f"/v1/models/{MODEL}/labels/x"):
         status, err = request(url + path)
         assert status == 404 and isinstance(err, dict) and set(err) == {"error"}, (path, err)
+    # a /v1/ path no route takes is TF Serving's InvalidArgument: 400, same shape
+    status, err = request(url + "/v1/nothing")
+    assert status == 400 and err == {"error": "Malformed request: GET /v1/nothing"}
 
 
 def test_b64_request_as_tf_serving_docs_show_equals_label(served, trained, fx):

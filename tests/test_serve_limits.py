@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import assert_bad_input, run_cli
+from helpers import assert_bad_input, run_cli
 from test_serve import ServerProcess, b64_file, heldout_files, request
 
 MODEL = "flowers"
@@ -232,8 +232,8 @@ def test_deep_json_and_huge_numbers_get_400(still_serving):
 
 def test_unknown_paths_get_tf_servings_json_error(still_serving):
     url = still_serving["url"]
-    for method, path, code in (("GET", "/nothing", 404), ("GET", "/v1/nothing", 404),
-                               ("GET", "/v1/models/flowers/extra", 404),
+    for method, path, code in (("GET", "/nothing", 404), ("GET", "/v1/nothing", 400),
+                               ("GET", "/v1/models/flowers/extra", 400),
                                ("DELETE", "/nothing/at/all", 404), ("POST", "/healthz", 405),
                                ("POST", "/", 405)):
         status, doc = request(url + path, method=method, body=b"" if method == "POST" else None)

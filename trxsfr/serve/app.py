@@ -9,7 +9,8 @@ error shape (`{"error": "..."}`):
                                                                columnar ("inputs") format
 Plus `GET /` (a page to upload a picture, `page.html`) and `GET /healthz`. Any other
 path, or a method a route does not take, gets TF Serving's words for a request it
-cannot route, `{"error": "Malformed request: GET /x"}`, with a 404 (or 405).
+cannot route, `{"error": "Malformed request: GET /v1/x"}`: with a 400 under `/v1/`, as
+TF Serving's REST handler answers (an InvalidArgument), else a 404 (405 for a method).
 
 Each connection is a `connection.GuardedHttpToolsProtocol`: it refuses an oversized
 header (431), cuts off a client too slow to send its header or body (408), and logs a
@@ -190,7 +191,7 @@ class Server:
         try:
             match = _ROUTE.match(request.url.path)
             if not match:
-                raise BadRequest(f"Malformed request: {request.method} {request.url.path}", 404)
+                raise BadRequest(f"Malformed request: {request.method} {request.url.path}")
             name, version, label = match["name"], match["version"], match["label"]
             verb, metadata = match["verb"], match["metadata"]
             snap = self.watcher.snapshot
@@ -214,7 +215,7 @@ class Server:
                 if verb in ("classify", "regress"):
                     raise BadRequest(f"this model has no {verb} signature; use :predict "
                                      f"(signatures \"{SIGNATURE_BYTES}\", \"{SIGNATURE_IMAGES}\")")
-                raise BadRequest(f"Malformed request: {request.method} {request.url.path}", 404)
+                raise BadRequest(f"Malformed request: {request.method} {request.url.path}")
             if request.method != "POST":
                 raise BadRequest(f"{request.method} {request.url.path}: :predict takes POST "
                                  f"with a JSON body", 405)
@@ -241,7 +242,10 @@ class Server:
 
         message = (f"Malformed request: {request.method} {request.url.path}"
                    if exc.status_code in (404, 405) else exc.detail)
-        return JSONResponse({"error": message}, exc.status_code, headers=exc.headers)
+        status = exc.status_code
+        if status == 404 and request.url.path.startswith("/v1/"):
+            status = 400  # TF Serving's REST handler takes every /v1/ path: InvalidArgument
+        return JSONResponse({"error": message}, status, headers=exc.headers)
 
     async def healthz(self, request):
         from starlette.responses import JSONResponse
