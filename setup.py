@@ -39,7 +39,8 @@ setup(
         "ai-edge-litert>=2.0,<3; sys_platform != 'win32'",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "scikit-learn>=1.4,<2"],
+        # import-linter checks the rooms' import rules (tests/test_layout.py).
+        "test": ["pytest>=8,<10", "scikit-learn>=1.4,<2", "import-linter>=2.1,<3"],
         "bench": ["scikit-learn>=1.4,<2"],
     },
     entry_points={"console_scripts": ["trxsfr=trxsfr.cli:entry_point"]},
