@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that always load TensorFlow (`info` does for a SavedModel, not for a .tflite);
-# `label` imports it after its own flag checks.
-_TENSORFLOW_COMMANDS = ("retrain", "explain", "fixtures", "serve", "export-tflite", "extract")
+# `label` and `extract` import it after their own flag checks.
+_TENSORFLOW_COMMANDS = ("retrain", "explain", "fixtures", "serve", "export-tflite")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -9,6 +9,7 @@ option, so a typo is still an error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
@@ -58,12 +59,22 @@ def pipeline_args(args) -> list[str]:
     return [f"--runner={args.runner}"] + extra
 
 
-def quiet_beam(verbose: bool) -> None:
-    """Beam's own log lines (job service, workers' forwarded logs, its import-time
-    warnings on the root logger) below errors, unless --verbose."""
-    if not verbose:
-        logging.getLogger("apache_beam").setLevel(logging.ERROR)
-        logging.getLogger().setLevel(logging.ERROR)  # trxsfr's logger does not propagate
+@contextlib.contextmanager
+def quiet_beam(verbose: bool):
+    """While inside, Beam's own log lines (job service, workers' forwarded logs, its
+    import-time warnings on the root logger) below errors, unless --verbose."""
+    if verbose:
+        yield
+        return
+    loggers = [logging.getLogger("apache_beam"), logging.getLogger()]
+    saved = [logger.level for logger in loggers]
+    for logger in loggers:  # trxsfr's own logger does not propagate to the root
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, saved):
+            logger.setLevel(level)
 
 
 # ---------------------------------------------------------------- extract
@@ -117,10 +128,11 @@ def run_extract(args) -> int:
                            image_size=args.image_size, bottleneck_dir=args.bottleneck_dir,
                            batch_size=args.batch_size, max_image_pixels=args.max_image_pixels)
     config.check()
-    quiet_beam(args.verbose)
-    from trxsfr.train import beam_extract
+    process.import_tensorflow_quietly()  # after the checks above, which need no TensorFlow
+    with quiet_beam(args.verbose):
+        from trxsfr.train import beam_extract
 
-    result = process.quietly(beam_extract.extract, config, pipeline_args(args))
+        result = process.quietly(beam_extract.extract, config, pipeline_args(args))
     out(f"Images: {result.images} ({result.computed} computed, {result.reused} reused from "
         f"the store, {len(result.failed)} skipped)")
     for line in skipped_lines(result.failed, args.verbose, "skipped: {path}: {reason}",
@@ -165,11 +177,12 @@ def run_label(args) -> int:
                          min_accuracy=args.min_accuracy, max_image_pixels=args.max_image_pixels)
     config.check()
     require_beam()
-    quiet_beam(args.verbose)
-    from trxsfr.use import beam_label
+    process.import_tensorflow_quietly()
+    with quiet_beam(args.verbose):
+        from trxsfr.use import beam_label
 
-    run = process.quietly(beam_label.label, config, args.output, pipeline_args(args),
-                          args.labels)
+        run = process.quietly(beam_label.label, config, args.output, pipeline_args(args),
+                              args.labels)
     if args.format == "json":
         out(json.dumps({"model": run.model_path, "labels": run.labels, "outputs": run.outputs,
                         "labelled": run.labelled,
