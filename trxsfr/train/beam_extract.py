@@ -166,7 +166,8 @@ def extract(config: ExtractConfig, pipeline_args: Sequence[str] = ()) -> Extract
     store.close()
     with open(os.path.join(store.dir, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)  # store_for wrote it; a worker writes it again only if it is lost
-    spec = StoreSpec(os.path.dirname(store.dir), os.path.basename(store.dir), store.dim, meta)
+    spec = StoreSpec(os.path.abspath(os.path.dirname(store.dir)), os.path.basename(store.dir),
+                     store.dim, meta)  # absolute: a worker's working directory may differ
     log.info("extract: %d images from %s with %s (%dx%d -> %d-d) into %s", len(paths),
              config.image_dir, config.tfhub_module, *extractor.image_size, extractor.dim,
              store.dir)
@@ -176,7 +177,7 @@ def extract(config: ExtractConfig, pipeline_args: Sequence[str] = ()) -> Extract
         features, config.batch_size, "extract"))
     # The dead letters come back through files beside the store (which every worker can
     # reach), read and removed once the pipeline is done.
-    scratch = tempfile.mkdtemp(prefix=".extract-", dir=config.bottleneck_dir)
+    scratch = tempfile.mkdtemp(prefix=".extract-", dir=os.path.abspath(config.bottleneck_dir))
     try:
         pipeline = beam.Pipeline(options=options)
         read = (pipeline

@@ -156,6 +156,11 @@ class Evaluation(beam.CombineFn):
                     misclassified=sorted(wrong, key=lambda row: row["path"]))
 
 
+def _readable(path: str) -> str:
+    """Where a worker reads a file: absolute, as its working directory may differ."""
+    return path if beam_steps.is_uri(path) else os.path.abspath(path)
+
+
 def _skip_line(element) -> str:
     (path, _), reason = element
     return json.dumps({"path": path, "reason": reason})
@@ -201,11 +206,13 @@ def label(config: LabelConfig, output: str, pipeline_args: Sequence[str] = (),
         raise InputError("--min_accuracy needs an evaluation set: a folder whose sub-folders "
                          "are named after the model's labels")
     handler = KeyedModelHandler(beam_steps.ForwardHandler(
-        functools.partial(load_model, predictor.path), probabilities, config.batch_size, "label"))
+        functools.partial(load_model, os.path.abspath(predictor.path)), probabilities,
+        config.batch_size, "label"))
     evaluation_file = f"{output}-evaluation.json"
     pipeline = beam.Pipeline(options=options)
     read = (pipeline
-            | "Inputs" >> beam.Create([((e.path, e.truth), e.file or e.path) for e in entries])
+            | "Inputs" >> beam.Create([((e.path, e.truth), _readable(e.file or e.path))
+                                       for e in entries])
             | "Spread" >> beam.Reshuffle()
             | "Read" >> beam.ParDo(beam_steps.ReadFiles()).with_outputs(FAILED, main="ok"))
     decoded = read.ok | "Decode" >> beam.ParDo(beam_steps.DecodeImages(
