@@ -42,6 +42,11 @@ setup(
         # import-linter checks the rooms' import rules (tests/test_layout.py).
         "test": ["pytest>=8,<10", "scikit-learn>=1.4,<2", "import-linter>=2.1,<3"],
         "bench": ["scikit-learn>=1.4,<2"],
+        # `trxsfr extract` and `label --runner` (Apache Beam pipelines). 2.77 installs beside
+        # tensorflow 2.21 on Python 3.10-3.12 (its protobuf<7 meets TF's >=6.31.1; pip then
+        # picks protobuf 6.33). Not Beam's `tensorflow-hub` extra (it pins hub < 0.16) nor
+        # tfx_bsl: trxsfr's own model handler needs neither.
+        "beam": ["apache-beam>=2.77,<2.78"],
     },
     entry_points={"console_scripts": ["trxsfr=trxsfr.cli:entry_point"]},
 )

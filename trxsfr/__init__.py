@@ -14,7 +14,7 @@ Imports are lazy: `import trxsfr` does not load TensorFlow.
 
 from trxsfr.base import __version__
 
-__all__ = ["__version__", "retrain", "load", "label"]
+__all__ = ["__version__", "retrain", "load", "label", "extract"]
 
 
 def retrain(config, on_progress=None):
@@ -36,3 +36,11 @@ def label(predictor, inputs, **options):
     from trxsfr.use.labeling import run
 
     return run(predictor, inputs, **options)
+
+
+def extract(config, pipeline_args=()):
+    """Compute bottleneck vectors with an Apache Beam pipeline (the `beam` extra) from an
+    ExtractConfig; returns an ExtractResult (trxsfr.train.beam_extract)."""
+    from trxsfr.train.beam_extract import extract as _extract
+
+    return _extract(config, pipeline_args)

@@ -220,3 +220,28 @@ class ServeConfig:
             if not re.fullmatch(r"[^/:]+", item[0]):
                 raise InputError(f"--version_label {item[0]}={item[1]}: a label cannot be empty "
                                  f"or hold '/' or ':'")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractConfig:
+    """Settings of one `extract` run: bottleneck vectors computed by an Apache Beam pipeline
+    into the store that `retrain --bottleneck_dir` reads (flag names are retrain's)."""
+
+    image_dir: str = ""  # a folder, or a Beam filesystem URI (gs://bucket/photos)
+    tfhub_module: str = DEFAULT_MODULE
+    image_size: Optional[int] = None
+    bottleneck_dir: str = RetrainConfig.bottleneck_dir  # a local or mounted folder
+    batch_size: int = FORWARD_BATCH_SIZE  # most images per forward pass
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+
+    def check(self) -> None:
+        """Raises InputError, naming the flag, for settings that cannot work."""
+        if not self.image_dir:
+            raise InputError("--image_dir is required")
+        if "://" in self.bottleneck_dir:
+            raise InputError(f"--bottleneck_dir {self.bottleneck_dir}: the bottleneck store is a "
+                             f"local or mounted folder (every worker appends to it), not a URI")
+        if self.batch_size <= 0 or self.max_image_pixels <= 0:
+            raise InputError("--batch_size and --max_image_pixels must be positive")
+        if self.image_size is not None and self.image_size <= 0:
+            raise InputError(f"--image_size must be positive, got {self.image_size}")

@@ -340,6 +340,16 @@ def decode_error(path: str, size: tuple[int, int], max_pixels: int = MAX_IMAGE_P
     """Why one file does not decode, in a few words (runs eagerly; for failures only)."""
     try:
         data = tf.io.read_file(path)
+    except Exception as e:  # TF raises NotFoundError etc. with its own words
+        return decode_reason(e) or "cannot decode: " + first_line(e, 160)
+    return bytes_error(data, size, max_pixels)
+
+
+def bytes_error(data, size: tuple[int, int], max_pixels: int = MAX_IMAGE_PIXELS) -> str:
+    """Why encoded image bytes (bytes or a scalar tf.string) do not decode, in the words
+    of `decode_error` (runs eagerly; for failures only)."""
+    try:
+        data = tf.convert_to_tensor(data, tf.string)
         if int(tf.strings.length(data)) == 0:
             return "empty file (0 bytes)"
         height, width = (int(v) for v in header_size(data))

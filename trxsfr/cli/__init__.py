@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from trxsfr.base.contract import is_tflite
 from trxsfr.base.errors import TrxsfrError
-from trxsfr.cli import deploy, process, train, use, web
+from trxsfr.cli import beam, deploy, process, train, use, web
 from trxsfr.cli.common import EXIT_BAD_INPUT, Formatter, Parser
 
 
@@ -32,19 +32,24 @@ def build_parser() -> argparse.ArgumentParser:
     use.add_report_parser(sub)
     use.add_explain_parser(sub)
     train.add_fixtures_parser(sub)
+    beam.add_extract_parser(sub)
     deploy.add_deploy_parsers(sub)
     web.add_download_parser(sub)
     return parser
 
 
 # Commands that always load TensorFlow (`info` does for a SavedModel, not for a .tflite);
-# `label` imports it after its own flag checks.
+# `label` and `extract` import it after their own flag checks.
 _TENSORFLOW_COMMANDS = ("retrain", "explain", "fixtures", "serve", "export-tflite")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     process.cap_malloc_arenas()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not beam.takes_pipeline_options(args):  # otherwise they go to Apache Beam
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.pipeline_args = extra
     process.quiet_tensorflow()
     if args.command in _TENSORFLOW_COMMANDS or (
             args.command == "info" and not is_tflite(args.model)):

@@ -25,7 +25,10 @@ NOISE = re.compile(
     r"|[IW]\d{4} \S+ +\d+ \S+:\d+\] .*"
     r"|E\d{4} \S+ +\d+ (cuda\w*|cudart_stub)\.cc:\d+\] .*"
     # LiteRT's interpreter, once per process
-    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.")
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
+    # Apache Beam's worker processes (extract, label --runner), before their log level is set
+    r"|WARNING:root:apitools not found, and bigquery client libraries are not available.*"
+    r"|INFO:__main__:Logging handler created\.")
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from trxsfr.base.config import LabelConfig
-from trxsfr.cli import codelab, process, web
+from trxsfr.cli import beam, codelab, process, web
 from trxsfr.cli.common import (
     EXIT_BELOW_GATE,
     EXIT_OK,
@@ -75,10 +75,13 @@ def add_label_parser(sub) -> None:
                         f"counted by reason, with the first few names; --format json always "
                         f"lists each).")
     web.add_fetch_flags(p.add_argument_group("URLs"))
+    beam.add_label_flags(p)
     p.set_defaults(run=run_label)
 
 
 def run_label(args) -> int:
+    if args.runner or args.output:  # an Apache Beam pipeline instead of this process
+        return beam.run_label(args)
     from trxsfr.use import labeling, models
 
     config = LabelConfig(model=args.model, inputs=tuple(args.inputs) + tuple(args.image),
