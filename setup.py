@@ -38,6 +38,9 @@ setup(
     extras_require={
         "test": ["pytest>=8,<10", "scikit-learn>=1.4,<2"],
         "bench": ["scikit-learn>=1.4,<2"],
+        # `trxsfr audit`'s confident learning; it brings scikit-learn, scipy and pandas
+        # (about 200 MB), which the rest of trxsfr does without.
+        "audit": ["cleanlab>=2.9,<3"],
     },
     entry_points={"console_scripts": ["trxsfr=trxsfr.cli:entry_point"]},
 )

@@ -70,7 +70,7 @@ def test_the_package_ships_no_benchmark_code():
     shipped = [p.name for p in _sources()]
     assert not [n for n in shipped if n.startswith("bench") or "mobilenet" in n], shipped
     top = sorted(p.name for p in PACKAGE.iterdir() if p.name != "__pycache__")
-    assert top == ["__init__.py", "__main__.py", "base", "cli", "explain.py", "info.py",
+    assert top == ["__init__.py", "__main__.py", "audit_page.py", "base", "cli", "explain.py", "info.py",
                    "kit.py", "lite.py", "report.py", "serve", "train", "use"], top
 
 

@@ -253,7 +253,8 @@ def thumbnail_uri(path: str, px: int = THUMBNAIL_PX) -> Optional[str]:
 
 # ---------------------------------------------------------------- HTML
 
-_CSS = """
+# The page style; audit_page uses it too, so both pages look alike.
+PAGE_CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;
 max-width:1200px;padding:0 1em;color:#222;line-height:1.4}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
@@ -504,7 +505,7 @@ def render(doc: dict, thumbnails: int = DEFAULT_THUMBNAILS,
     title = f"trxsfr report: model {doc.get('version', '?')}"
     parts = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
              f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+             f"<title>{_e(title)}</title><style>{PAGE_CSS}</style></head><body>"
              f"<h1>{_e(title)}</h1>"
              f'<p class="muted">{_e(doc.get("model", ""))}</p>',
              _summary(doc, rows)]

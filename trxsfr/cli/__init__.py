@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from trxsfr.base.contract import is_tflite
 from trxsfr.base.errors import TrxsfrError
-from trxsfr.cli import deploy, process, train, use
+from trxsfr.cli import audit, deploy, process, train, use
 from trxsfr.cli.common import EXIT_BAD_INPUT, Formatter, Parser
 
 
@@ -33,12 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     use.add_explain_parser(sub)
     train.add_fixtures_parser(sub)
     deploy.add_deploy_parsers(sub)
+    audit.add_audit_parser(sub)
     return parser
 
 
 # Commands that always load TensorFlow (`info` does for a SavedModel, not for a .tflite);
 # `label` imports it after its own flag checks.
-_TENSORFLOW_COMMANDS = ("retrain", "explain", "fixtures", "serve", "export-tflite")
+_TENSORFLOW_COMMANDS = ("retrain", "explain", "fixtures", "serve", "export-tflite", "audit")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
