@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from trxsfr.base.errors import InputError
 
@@ -67,6 +67,10 @@ class RetrainConfig:
     print_misclassified_test_images: bool = False
     seed: int = 0
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    # "Unknown" answers: None (off: the model always names a class), a top-score threshold
+    # in [0, 1], or "auto" (chosen on the validation split for `unknown_precision`).
+    unknown_threshold: Optional[Union[float, str]] = None
+    unknown_precision: float = 0.95
 
     def swept(self, name: str) -> tuple:
         """The values a setting takes in this run: the sweep's, or the single one."""
@@ -118,10 +122,25 @@ class RetrainConfig:
             raise InputError(f"--augment_copies must be at least 1, got {self.augment_copies}")
         if self.fine_tune_steps < 0:
             raise InputError(f"--fine_tune_steps must be >= 0, got {self.fine_tune_steps}")
+        check_unknown_threshold(self.unknown_threshold, self.unknown_precision)
         if self.fine_tune_steps and (self.fine_tune_learning_rate <= 0
                                      or self.fine_tune_batch_size <= 0):
             raise InputError("--fine_tune_learning_rate and --fine_tune_batch_size must be "
                              "positive")
+
+
+UNKNOWN_AUTO = "auto"
+
+
+def check_unknown_threshold(threshold, precision: float) -> None:
+    """Raise InputError unless `threshold` is None, "auto" or a fraction in [0, 1]."""
+    if isinstance(threshold, str) and threshold != UNKNOWN_AUTO:
+        raise InputError(f"--unknown_threshold must be '{UNKNOWN_AUTO}' or a top score in "
+                         f"[0, 1], got {threshold!r}")
+    if isinstance(threshold, (int, float)) and not 0 <= threshold <= 1:  # NaN fails too
+        raise InputError(f"--unknown_threshold is a top score in [0, 1], got {threshold}")
+    if not 0 < precision <= 1:
+        raise InputError(f"--unknown_precision is a fraction in (0, 1], got {precision}")
 
 
 @dataclasses.dataclass(frozen=True)
