@@ -114,13 +114,19 @@ def test_nothing_is_moved_and_the_page_and_list_are_written(planted):
     assert "Review list:" in planted["result"].err and "Audit page:" in planted["result"].err
 
 
-def test_a_warm_audit_computes_nothing_and_finds_the_same(planted):
+def test_a_warm_audit_decodes_no_image_and_finds_the_same(planted, monkeypatch):
+    import PIL.Image
+
     import trxsfr
 
+    opened = []
+    real_open = PIL.Image.open
+    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
     config = AuditConfig(image_dir=planted["images"], tfhub_module=planted["module"],
                          bottleneck_dir=str(planted["work"] / "cache"))
     result = trxsfr.audit(config)
     assert result.computed == 0 and result.reused == planted["doc"]["images"]
+    assert opened == []  # vectors and thumbnails all came from the cache
     doc = result.to_json()
     for key in ("label_issues", "duplicates", "outliers"):
         assert doc[key] == planted["doc"][key]
@@ -228,3 +234,21 @@ def test_review_lines_name_each_finding():
     lines = audit_page.review_lines(doc)
     assert [line.split("\t")[:2] for line in lines[1:]] == [
         ["label_issue", "a/1.jpg"], ["duplicate", "a/3.jpg"], ["outlier", "b/4.jpg"]]
+
+
+def test_the_thumbnail_store_ignores_torn_and_damaged_records(tmp_path):
+    from trxsfr.train import audit
+
+    path = str(tmp_path / audit.THUMBNAIL_FILE)
+    store = audit.ThumbnailStore(path)
+    rows = [(bytes([k]) * 32, bytes([k]) * 768) for k in range(3)]
+    store.add_many(rows)
+    assert audit.ThumbnailStore(path).get(rows[1][0]) == rows[1][1]
+    with open(path, "r+b") as f:  # damage the second record's pixels, tear the end
+        f.seek(804 + 40)
+        f.write(b"\xff")
+        f.seek(0, 2)
+        f.write(b"\x01" * 100)
+    again = audit.ThumbnailStore(path)
+    assert again.get(rows[0][0]) == rows[0][1] and again.get(rows[2][0]) == rows[2][1]
+    assert again.get(rows[1][0]) is None

@@ -38,8 +38,9 @@ image, reused from `--bottleneck_dir`), so a warm audit reads no image:
 
 The similarity pass is blocked (`BLOCK` x `BLOCK` tiles of the upper triangle),
 so memory stays at a few tiles however many images there are: 2,000 images
-take one tile, 100,000 about 1,200. A warm audit decodes only the images of
-candidate pairs (for their thumbnails), at most 2 x `max_pairs`.
+take one tile, 100,000 about 1,200. Thumbnails are decoded only for the images
+of candidate pairs (at most 2 x `max_pairs`) and kept beside the vectors
+(`ThumbnailStore`), so a warm audit decodes no image.
 
 Nothing here moves, deletes or rewrites an image.
 """
@@ -50,6 +51,7 @@ import dataclasses
 import logging
 import os
 import time
+import zlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -258,9 +260,53 @@ def find_label_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray
     return idx[order], np.asarray(quality, np.float32)
 
 
-def thumbnail_vector(path: str, side: int = THUMBNAIL_SIDE) -> Optional[np.ndarray]:
-    """float32 [side * side * 3]: the image's colour thumbnail minus its mean, unit length;
-    None if Pillow cannot read it."""
+THUMBNAIL_FILE = f"thumbnails-{THUMBNAIL_SIDE}x{THUMBNAIL_SIDE}.bin"
+_THUMB_BYTES = THUMBNAIL_SIDE * THUMBNAIL_SIDE * 3
+
+
+class ThumbnailStore:
+    """Colour thumbnails (uint8 [16, 16, 3]) keyed by image content, in one append-only file
+    beside the bottleneck stores, so a warm audit decodes no image.
+
+    A record is key (32 bytes) | pixels (768) | CRC-32 (4); a torn or damaged record
+    is ignored, and that image is decoded again.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._pixels: dict[bytes, bytes] = {}
+        record = 32 + _THUMB_BYTES + 4
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        for start in range(0, len(data) - record + 1, record):
+            body = data[start:start + record - 4]
+            if zlib.crc32(body) == int.from_bytes(data[start + record - 4:start + record],
+                                                  "little"):
+                self._pixels[body[:32]] = body[32:]
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        return self._pixels.get(key)
+
+    def add_many(self, rows: Sequence[tuple[bytes, bytes]]) -> None:
+        """Append (key, pixels) records; a store that cannot be written is only logged."""
+        if not rows:
+            return
+        raw = b"".join(key + px + zlib.crc32(key + px).to_bytes(4, "little")
+                       for key, px in rows)
+        try:
+            with open(self.path, "ab") as f:
+                f.write(raw)
+        except OSError as e:
+            log.warning("cannot keep thumbnails in %s: %s", self.path, e.strerror or e)
+        self._pixels.update(rows)
+
+
+def thumbnail_pixels(path: str, side: int = THUMBNAIL_SIDE) -> Optional[bytes]:
+    """The image's colour thumbnail, uint8 [side, side, 3] as bytes; None if Pillow cannot
+    read it."""
     from PIL import Image
 
     try:
@@ -270,23 +316,34 @@ def thumbnail_vector(path: str, side: int = THUMBNAIL_SIDE) -> Optional[np.ndarr
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         log.warning("no thumbnail for %s: %s", path, e)
         return None
-    v = np.asarray(small, np.float32).reshape(-1)
-    v = v - v.mean()
-    return v / max(float(np.linalg.norm(v)), 1e-6)
+    return np.asarray(small, np.uint8).tobytes()
 
 
-def pixel_similarities(paths: Sequence[str], pairs: np.ndarray) -> np.ndarray:
-    """float32 [P]: thumbnail cosine similarity of each pair (0 where one is unreadable);
-    each image is decoded once."""
-    thumbs: dict[int, Optional[np.ndarray]] = {}
-    out = np.zeros(len(pairs), np.float32)
-    for p, (a, b) in enumerate(pairs.tolist()):
-        for i in (a, b):
-            if i not in thumbs:
-                thumbs[i] = thumbnail_vector(paths[i])
-        if thumbs[a] is not None and thumbs[b] is not None:
-            out[p] = float(thumbs[a] @ thumbs[b])
-    return out
+def pixel_similarities(paths: Sequence[str], keys: Sequence[bytes], pairs: np.ndarray,
+                       store: Optional[ThumbnailStore] = None) -> np.ndarray:
+    """float32 [P]: cosine similarity of each pair's thumbnails, each centred on its own
+    mean (0 where one is unreadable). Thumbnails come from `store` when it has them;
+    the others are decoded once and added to it."""
+    needed = np.unique(pairs) if len(pairs) else np.zeros(0, np.int64)
+    vectors = np.zeros((len(needed), _THUMB_BYTES), np.float32)
+    fresh = []
+    for row, i in enumerate(needed.tolist()):
+        px = store.get(keys[i]) if store is not None else None
+        if px is None:
+            px = thumbnail_pixels(paths[i])
+            if px is None:
+                continue  # a zero vector: similarity 0 with everything
+            if keys[i] is not None:
+                fresh.append((keys[i], px))
+        v = np.frombuffer(px, np.uint8).astype(np.float32)
+        v -= v.mean()
+        vectors[row] = v / max(float(np.linalg.norm(v)), 1e-6)
+    if store is not None:
+        store.add_many(fresh)
+    if not len(pairs):
+        return np.zeros(0, np.float32)
+    a, b = np.searchsorted(needed, pairs[:, 0]), np.searchsorted(needed, pairs[:, 1])
+    return np.einsum("ij,ij->i", vectors[a], vectors[b]).astype(np.float32)
 
 
 # ---------------------------------------------------------------- the result
@@ -437,7 +494,8 @@ def audit(config: AuditConfig, on_progress: Optional[ProgressFn] = None) -> Audi
     timings["similarity_s"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     ok_paths = [paths[i] for i in cached.ok]
-    pixels = pixel_similarities(ok_paths, near.pairs)
+    thumbnails = ThumbnailStore(os.path.join(config.bottleneck_dir, THUMBNAIL_FILE))
+    pixels = pixel_similarities(ok_paths, keys, near.pairs, thumbnails)
     confirmed = pixels >= config.near_duplicate_pixel_similarity
     log.info("near duplicates: %d candidate pairs by vectors, %d confirmed by thumbnails",
              len(near.pairs), int(confirmed.sum()))
