@@ -263,3 +263,33 @@ def test_linear_reference_uses_the_split_retrain_returned(trained, fx, tmp_path)
     fig = bench.fig_accuracy(b)
     assert fig["value"] == pytest.approx(cold["test_accuracy"] / ref["accuracy"])
     assert fig["raw"]["retrain_test_count"] == result.test_count
+
+
+def test_audit_benchmark_scores_what_an_audit_found(tmp_path):
+    from benchmarks import bench_audit
+
+    root = str(tmp_path / "images")
+    planted = {"relabelled": [{"path": "a/1.jpg", "true": "b", "given": "a"}],
+               "exact": [["a/2.jpg", "a/2_exact0.jpg"]], "near": [["b/3.jpg", "a/3_near0.jpg"]],
+               "outliers": ["b/unrelated_000.png"]}
+    doc = {"label_issues": [{"path": os.path.join(root, "a", "1.jpg")}],
+           "duplicates": [
+               {"paths": [os.path.join(root, "a", "2.jpg"), os.path.join(root, "a", "2_exact0.jpg")],
+                "kind": "exact", "similarity": 1.0, "leak": True},
+               {"paths": [os.path.join(root, "a", "5.jpg"), os.path.join(root, "a", "6.jpg")],
+                "kind": "near", "similarity": 0.9, "leak": False}],
+           "outliers": [{"path": os.path.join(root, "b", "unrelated_000.png")}],
+           "out_of_fold_accuracy": 0.9}
+    got = bench_audit.score(doc, root, planted)
+    assert got["relabelled_in_top_20"] == 1 and got["exact_found"] == 1
+    assert got["near_found"] == 0 and got["false_pairs"] == 1 and got["outliers_in_top_10"] == 1
+    assert got["leaks_found"] == 1
+
+
+@pytest.mark.slow
+def test_object_photos_are_written_per_class(tmp_path):
+    from benchmarks import bench_audit
+
+    root = bench_audit.write_objects(str(tmp_path / "objects"), 2, seed=0, workers=1)
+    assert sorted(os.listdir(root)) == sorted(bench_audit.CLASSES)
+    assert all(len(os.listdir(os.path.join(root, c))) == 2 for c in bench_audit.CLASSES)
