@@ -27,7 +27,7 @@ REVIEW_Z = 3.0
 
 _EXTRA_CSS = """
 .pair{display:flex;gap:4px;border:1px solid #ddd;border-radius:4px;padding:5px;background:#fafafa}
-.pair figure.thumb{border:none;padding:0;background:none;width:110px}
+.pair figure.thumb{border:none;padding:0;background:none;width:140px}
 .leak{color:#b00020;font-weight:600}
 """
 
