@@ -252,3 +252,14 @@ def test_the_thumbnail_store_ignores_torn_and_damaged_records(tmp_path):
     again = audit.ThumbnailStore(path)
     assert again.get(rows[0][0]) == rows[0][1] and again.get(rows[2][0]) == rows[2][1]
     assert again.get(rows[1][0]) is None
+
+
+def test_exact_copies_are_every_pair_of_a_group_up_to_the_limit():
+    from trxsfr.train import audit
+
+    content = np.array([5, 1, 5, 2, 5, 1])
+    pairs, total = audit.exact_copies(content, 100)
+    assert pairs == [(0, 2), (0, 4), (2, 4), (1, 5)] and total == 4
+    many = np.zeros(500, np.int64)  # one picture 500 times: 124,750 pairs
+    pairs, total = audit.exact_copies(many, 10)
+    assert len(pairs) == 10 and total == 124_750 and pairs[0] == (0, 1)

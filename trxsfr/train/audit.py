@@ -200,6 +200,22 @@ def components(n: int, pairs: np.ndarray, max_size: int) -> np.ndarray:
     return np.array([root(i) for i in range(n)])
 
 
+def exact_copies(content: np.ndarray, limit: int) -> tuple[list[tuple[int, int]], int]:
+    """(up to `limit` pairs (i, j), i < j, of rows with equal `content`, how many there are):
+    every pair within each group of identical bytes, groups in order of their first row."""
+    order = np.argsort(content, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(content[order])) + 1)
+    groups = sorted((np.sort(g) for g in groups if len(g) > 1), key=lambda g: int(g[0]))
+    total = sum(len(g) * (len(g) - 1) // 2 for g in groups)
+    pairs: list[tuple[int, int]] = []
+    for g in groups:  # stops at the limit: 10,000 copies of one blank frame are 50M pairs
+        for ai in range(len(g) - 1):
+            pairs += [(int(g[ai]), int(b)) for b in g[ai + 1:ai + 1 + limit - len(pairs)]]
+            if len(pairs) >= limit:
+                return pairs, total
+    return pairs, total
+
+
 def grouped_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """int [N] fold of each row: stratified by label, rows of one group in one fold.
 
@@ -503,17 +519,10 @@ def audit(config: AuditConfig, on_progress: Optional[ProgressFn] = None) -> Audi
                                           pixels[confirmed])
     timings["thumbnails_s"] = time.perf_counter() - t1
 
-    # Exact copies: every pair within a group of identical bytes.
-    exact_pairs = []
-    order = np.argsort(content, kind="stable")
-    bounds = np.flatnonzero(np.diff(content[order])) + 1
-    for group in np.split(order, bounds):
-        group = np.sort(group)
-        exact_pairs += [(int(a), int(b)) for ai, a in enumerate(group) for b in group[ai + 1:]]
-    if len(exact_pairs) > config.max_pairs:
-        notes.append(f"{len(exact_pairs)} exact duplicate pairs; the first "
-                     f"{config.max_pairs} are listed (raise --max_pairs)")
-        exact_pairs = exact_pairs[:config.max_pairs]
+    exact_pairs, exact_total = exact_copies(content, config.max_pairs)
+    if exact_total > len(exact_pairs):
+        notes.append(f"{exact_total} exact duplicate pairs; the first {len(exact_pairs)} are "
+                     f"listed (raise --max_pairs)")
     if len(near.pairs) >= config.max_pairs:
         notes.append(f"candidate near duplicate pairs reached --max_pairs {config.max_pairs}; "
                      f"only the most similar were checked")
