@@ -47,6 +47,9 @@ setup(
         # picks protobuf 6.33). Not Beam's `tensorflow-hub` extra (it pins hub < 0.16) nor
         # tfx_bsl: trxsfr's own model handler needs neither.
         "beam": ["apache-beam>=2.77,<2.78"],
+        # `trxsfr audit`'s confident learning; it brings scikit-learn, scipy and pandas
+        # (about 200 MB), which the rest of trxsfr does without.
+        "audit": ["cleanlab>=2.9,<3"],
     },
     entry_points={"console_scripts": ["trxsfr=trxsfr.cli:entry_point"]},
 )

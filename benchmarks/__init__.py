@@ -5,6 +5,8 @@
     python -m benchmarks.bench_serve [--quick]  # issue 5: `serve` against the raw forward pass
     python -m benchmarks.bench_serve --tflite-table  # size, accuracy, latency per quantization
     python -m benchmarks.bench_augment [--quick]     # issue 6: cached augmentation
+    python -m benchmarks.bench_audit [--quick]       # issue 26: planted faults the audit finds,
+                                                     # warm audit against cold extraction
 
 `mobilenet_fixture` builds the MobileNet-V2 extractor (fixed random weights,
 offline) they share. They use trxsfr's public API only (`trxsfr.retrain`, the

@@ -12,6 +12,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from helpers import FAST_TRAIN, run_cli  # noqa: E402
+
 from trxsfr.kit import write_fixtures  # noqa: E402
 
 

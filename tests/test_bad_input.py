@@ -14,8 +14,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from helpers import FAST_TRAIN, assert_bad_input, dests, run_cli
+
 from trxsfr.base import contract
 
 CLASSES = ("blue", "green", "red")

@@ -24,10 +24,12 @@ def _class_files(root):
 
 @pytest.mark.slow
 def test_mobilenet_v2_fixture_gives_content_carrying_features(tmp_path):
+    from benchmarks.mobilenet_fixture import (
+        FEATURE_DIM,
+        build_mobilenet_v2_extractor,
+        calibration_images,
+    )
     from trxsfr.base import extractors
-
-    from benchmarks.mobilenet_fixture import FEATURE_DIM, build_mobilenet_v2_extractor, \
-        calibration_images
 
     path = build_mobilenet_v2_extractor(str(tmp_path / "mnv2"), image_size=64, seed=0)
     extractor = extractors.load(path)  # hub.load, as retrain does
@@ -104,9 +106,8 @@ def test_raw_forward_runs_the_streams_it_is_asked_for(fx):
     import threading
     import time
 
-    from trxsfr.base import extractors
-
     from benchmarks import bench
+    from trxsfr.base import extractors
 
     extractor = extractors.load(fx["module"])
     lock, running, most = threading.Lock(), [0], [0]
@@ -158,9 +159,8 @@ def test_subprocess_figures_divide_by_the_raw_rounds_run_beside_them():
 
 def test_model_figures_come_from_the_exported_model(trained):
     """`bench` reads a retrain's model and test accuracy from what it exported."""
-    from trxsfr.base import contract
-
     from benchmarks import bench
+    from trxsfr.base import contract
 
     base = trained["base"]
     version = bench.new_version(base, [])
@@ -178,9 +178,8 @@ def test_subprocess_runs_report_through_files_and_json(fx, tmp_path):
     """`bench`'s subprocess steps: a default-flag `retrain` read through its model, the bare
     one-image script through its JSON file, one-image `label` through `--format json`; the
     bare script and `label` agree on the top class."""
-    from trxsfr.base import contract
-
     from benchmarks import bench
+    from trxsfr.base import contract
 
     b = bench.Bench(str(tmp_path), bench.QUICK)
     b.module = fx["module"]
@@ -244,10 +243,9 @@ def test_linear_reference_uses_the_split_retrain_returned(trained, fx, tmp_path)
     import types
 
     import trxsfr
+    from benchmarks import bench
     from trxsfr.base import extractors
     from trxsfr.base.config import RetrainConfig
-
-    from benchmarks import bench
 
     result = trxsfr.retrain(RetrainConfig(
         image_dir=fx["images"], tfhub_module=fx["module"], bottleneck_dir=trained["cache"],
@@ -263,3 +261,33 @@ def test_linear_reference_uses_the_split_retrain_returned(trained, fx, tmp_path)
     fig = bench.fig_accuracy(b)
     assert fig["value"] == pytest.approx(cold["test_accuracy"] / ref["accuracy"])
     assert fig["raw"]["retrain_test_count"] == result.test_count
+
+
+def test_audit_benchmark_scores_what_an_audit_found(tmp_path):
+    from benchmarks import bench_audit
+
+    root = str(tmp_path / "images")
+    planted = {"relabelled": [{"path": "a/1.jpg", "true": "b", "given": "a"}],
+               "exact": [["a/2.jpg", "a/2_exact0.jpg"]], "near": [["b/3.jpg", "a/3_near0.jpg"]],
+               "outliers": ["b/unrelated_000.png"]}
+    doc = {"label_issues": [{"path": os.path.join(root, "a", "1.jpg")}],
+           "duplicates": [
+               {"paths": [os.path.join(root, "a", "2.jpg"), os.path.join(root, "a", "2_exact0.jpg")],
+                "kind": "exact", "similarity": 1.0, "leak": True},
+               {"paths": [os.path.join(root, "a", "5.jpg"), os.path.join(root, "a", "6.jpg")],
+                "kind": "near", "similarity": 0.9, "leak": False}],
+           "outliers": [{"path": os.path.join(root, "b", "unrelated_000.png")}],
+           "out_of_fold_accuracy": 0.9}
+    got = bench_audit.score(doc, root, planted)
+    assert got["relabelled_in_top_20"] == 1 and got["exact_found"] == 1
+    assert got["near_found"] == 0 and got["false_pairs"] == 1 and got["outliers_in_top_10"] == 1
+    assert got["leaks_found"] == 1
+
+
+@pytest.mark.slow
+def test_object_photos_are_written_per_class(tmp_path):
+    from benchmarks import bench_audit
+
+    root = bench_audit.write_objects(str(tmp_path / "objects"), 2, seed=0, workers=1)
+    assert sorted(os.listdir(root)) == sorted(bench_audit.CLASSES)
+    assert all(len(os.listdir(os.path.join(root, c))) == 2 for c in bench_audit.CLASSES)

@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import FAST_TRAIN, REPO, run_cli
-from trxsfr.train.cache import BottleneckStore
+
 from trxsfr.kit import build_extractor, write_image_set
+from trxsfr.train.cache import BottleneckStore
 
 
 def keys(n, salt=b""):
@@ -303,8 +303,8 @@ def test_map_batches_overlaps_forward_passes_in_order_at_normal_priority(fx):
 def test_damaged_record_is_computed_again_also_when_shared_by_identical_files(fx, tmp_path):
     import shutil
 
-    from trxsfr.train import cache
     from trxsfr.base import extractors
+    from trxsfr.train import cache
 
     extractor = extractors.load(fx["module"])
     red = os.path.join(fx["images"], "red")

@@ -19,8 +19,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import REPO, assert_bad_input, run_cli, run_subprocess
+
 from trxsfr import cli
 from trxsfr.base import contract
 from trxsfr.base.config import RetrainConfig

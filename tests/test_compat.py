@@ -12,7 +12,6 @@ import os
 import shutil
 
 import pytest
-
 from helpers import run_cli
 
 LEGACY = os.path.join(os.path.dirname(__file__), "data", "legacy_model")

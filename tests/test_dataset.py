@@ -8,9 +8,9 @@ import unicodedata
 
 import pytest
 
+from trxsfr.base.errors import DatasetError
 from trxsfr.train import dataset
 from trxsfr.train.dataset import Split, split_of
-from trxsfr.base.errors import DatasetError
 
 
 def touch(root, rel, data=b"x"):

@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 import pytest
+from helpers import REPO, assert_bad_input, run_cli, subprocess_env
 from PIL import Image
 
-from helpers import REPO, assert_bad_input, run_cli, subprocess_env
 from trxsfr.base import web
 from trxsfr.download import DownloadOptions, default_manifest, download
 

@@ -8,11 +8,18 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import (
+    FAST_TRAIN,
+    REPO,
+    exported_variables,
+    mark_older_preprocessing,
+    run_cli,
+    run_subprocess,
+    write_label_free_set,
+)
 
-from helpers import (FAST_TRAIN, REPO, exported_variables, mark_older_preprocessing, run_cli,
-                     run_subprocess, write_label_free_set)
-from trxsfr.kit import write_image_set
 from trxsfr.base import contract
+from trxsfr.kit import write_image_set
 
 
 def read_json(path):
@@ -236,7 +243,9 @@ def test_scripts_from_scratch(tmp_path):
         assert version.startswith("trxsfr_model")  # defaults land in the working directory
         assert os.path.isdir(tmp_path / "trxsfr_cache") and os.path.isdir(tmp_path / "trxsfr_runs")
         # The process exits with frozen objects (cli.entry_point): what it wrote is complete.
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from tensorboard.backend.event_processing.event_accumulator import (
+            EventAccumulator,
+        )
 
         (run,) = os.listdir(tmp_path / "trxsfr_runs")
         val = EventAccumulator(str(tmp_path / "trxsfr_runs" / run / "validation"),

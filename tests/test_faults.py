@@ -17,11 +17,10 @@ import zlib
 
 import numpy as np
 import pytest
-
 from helpers import FAST_TRAIN, REPO, run_cli, subprocess_env
+
 from trxsfr.kit import write_image_set
 from trxsfr.train.cache import KEY_BYTES, BottleneckStore
-
 
 # ---------------------------------------------------------------- symlinks
 

@@ -70,8 +70,9 @@ def test_the_package_ships_no_benchmark_code():
     shipped = [p.name for p in _sources()]
     assert not [n for n in shipped if n.startswith("bench") or "mobilenet" in n], shipped
     top = sorted(p.name for p in PACKAGE.iterdir() if p.name != "__pycache__")
-    assert top == ["__init__.py", "__main__.py", "base", "cli", "download.py", "explain.py",
-                   "info.py", "kit.py", "lite.py", "report.py", "serve", "train", "use"], top
+    assert top == ["__init__.py", "__main__.py", "audit_page.py", "base", "cli", "download.py",
+                   "explain.py", "info.py", "kit.py", "lite.py", "report.py", "serve", "train",
+                   "use"], top
 
 
 @pytest.mark.parametrize("room", ["base", "train", "use"])

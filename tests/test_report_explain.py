@@ -20,13 +20,11 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-
 from helpers import FAST_TRAIN, assert_bad_input, dests, run_cli
-from trxsfr import cli
-from trxsfr import explain
-from trxsfr import report
-from trxsfr.kit import write_image_set
+
+from trxsfr import cli, explain, report
 from trxsfr.base import contract
+from trxsfr.kit import write_image_set
 
 CLASSES = ("blue", "green", "red")
 

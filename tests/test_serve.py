@@ -20,8 +20,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-
 from helpers import assert_bad_input, mark_older_preprocessing, run_cli, subprocess_env
+
 from trxsfr.base import contract
 
 MODEL = "flowers"

@@ -12,7 +12,6 @@ import threading
 import time
 
 import pytest
-
 from helpers import assert_bad_input, run_cli
 from test_serve import ServerProcess, b64_file, heldout_files, request
 

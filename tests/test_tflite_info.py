@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import mark_older_preprocessing, run_cli, run_subprocess
 
 MODES = ("none", "dynamic", "float16", "int8", "int8_per_tensor")

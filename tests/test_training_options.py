@@ -8,11 +8,11 @@ import os
 
 import numpy as np
 import pytest
-
 from helpers import FAST_TRAIN, dests, exported_variables, run_cli
+
+from trxsfr.base import contract
 from trxsfr.train import head
 from trxsfr.train.head import HeadOptions
-from trxsfr.base import contract
 
 
 def metadata(version_dir):

@@ -3,18 +3,19 @@
 From Python::
 
     import trxsfr
-    from trxsfr.base.config import RetrainConfig
+    from trxsfr.base.config import AuditConfig, RetrainConfig
 
     result = trxsfr.retrain(RetrainConfig(image_dir="photos", tfhub_module="..."))
     model = trxsfr.load(result.version_dir)          # a version dir, its base dir or a .tflite
     run = trxsfr.label(model, ["heldout/"])          # a LabelRun: predictions and evaluation
+    found = trxsfr.audit(AuditConfig(image_dir="photos", tfhub_module="..."))  # an AuditResult
 
 Imports are lazy: `import trxsfr` does not load TensorFlow.
 """
 
 from trxsfr.base import __version__
 
-__all__ = ["__version__", "retrain", "load", "label", "extract"]
+__all__ = ["__version__", "retrain", "load", "label", "extract", "audit"]
 
 
 def retrain(config, on_progress=None):
@@ -44,3 +45,11 @@ def extract(config, pipeline_args=()):
     from trxsfr.train.beam_extract import extract as _extract
 
     return _extract(config, pipeline_args)
+
+
+def audit(config, on_progress=None):
+    """Audit class folders with an AuditConfig: label issues, duplicates, outliers; returns an
+    AuditResult (trxsfr.train.audit), whose `to_json()` is what `trxsfr audit` prints."""
+    from trxsfr.train.audit import audit as _audit
+
+    return _audit(config, on_progress)

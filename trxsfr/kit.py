@@ -124,3 +124,77 @@ def write_fixtures(out_dir: str, per_class: int = 40, heldout_per_class: int = 1
         "heldout": write_image_set(os.path.join(out_dir, "heldout"), heldout_per_class, seed=2),
     }
     return paths
+
+
+def plant_faults(root: str, outlier_images: Sequence[str], relabel: int = 10, exact: int = 10,
+                 near: int = 10, across_classes: int = 2, split_of=None, seed: int = 0) -> dict:
+    """Plant known faults in a class-folder tree, for testing and benchmarking an audit.
+
+    - `relabel` images move to another class's folder (their name kept);
+    - `exact` images get a byte-for-byte copy, `near` ones a resized (0.6-0.85x)
+      copy re-encoded as JPEG at quality 55-80; `across_classes` of each kind go into
+      another class's folder, the rest into their own;
+    - `outlier_images` (files of an unrelated set) are copied into class folders.
+
+    Images used for one fault are not used for another. With `split_of` (rel path ->
+    split name), copies are named so that every other one lands in another split
+    than its original (leakage).
+
+    Returns:
+        {"relabelled": [{"path", "true", "given"}], "exact": [[a, b]], "near": [[a, b]],
+        "outliers": [path]}, paths relative to `root` ("/"-separated).
+    """
+    import shutil
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    pool = [f"{c}/{n}" for c in classes for n in sorted(os.listdir(os.path.join(root, c)))]
+    chosen = [pool[i] for i in rng.permutation(len(pool))[:relabel + exact + near]]
+    if len(chosen) < relabel + exact + near or len(classes) < 2:
+        raise InputError(f"{root} has too few images or classes to plant these faults")
+
+    def other_class(c: str) -> str:
+        others = [o for o in classes if o != c]
+        return others[int(rng.integers(len(others)))]
+
+    def copy_name(folder: str, name: str, tag: str, want_other_split: bool, src: str) -> str:
+        stem = os.path.splitext(name)[0]
+        for attempt in range(1000):
+            rel = f"{folder}/{stem}_{tag}{attempt}.jpg"
+            if os.path.exists(os.path.join(root, *rel.split("/"))):
+                continue
+            if split_of is None or (split_of(rel) != split_of(src)) == want_other_split:
+                return rel
+        raise InputError("no copy name lands in the wanted split")
+
+    planted = {"relabelled": [], "exact": [], "near": [], "outliers": []}
+    for rel in chosen[:relabel]:
+        true, name = rel.split("/", 1)
+        given = other_class(true)
+        shutil.move(os.path.join(root, true, name), os.path.join(root, given, name))
+        planted["relabelled"].append({"path": f"{given}/{name}", "true": true, "given": given})
+    for kind, sources in (("exact", chosen[relabel:relabel + exact]),
+                          ("near", chosen[relabel + exact:])):
+        for k, rel in enumerate(sources):
+            label, name = rel.split("/", 1)
+            folder = other_class(label) if k < across_classes else label
+            copy = copy_name(folder, name, kind, k % 2 == 1, rel)
+            src, dst = os.path.join(root, *rel.split("/")), os.path.join(root, *copy.split("/"))
+            if kind == "exact":
+                shutil.copyfile(src, dst)
+            else:
+                with Image.open(src) as img:
+                    img = img.convert("RGB")
+                    scale = float(rng.uniform(0.6, 0.85))
+                    size = (max(8, round(img.width * scale)), max(8, round(img.height * scale)))
+                    img.resize(size, Image.Resampling.LANCZOS).save(
+                        dst, format="JPEG", quality=int(rng.integers(55, 81)))
+            planted[kind].append([rel, copy])
+    for k, src in enumerate(outlier_images):
+        folder = classes[int(rng.integers(len(classes)))]
+        rel = f"{folder}/unrelated_{k:03d}{os.path.splitext(src)[1] or '.jpg'}"
+        shutil.copyfile(src, os.path.join(root, *rel.split("/")))
+        planted["outliers"].append(rel)
+    return planted

@@ -106,6 +106,32 @@ def calibration(confidences: Sequence[float], correct: Sequence[bool],
     return {"ece": float(ece) if len(conf) else None, "bins": rows}
 
 
+COVERAGE_THRESHOLDS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def coverage_table(confidences: Sequence[float], correct: Sequence[bool],
+                   thresholds: Sequence[float]) -> list[dict]:
+    """What an "unknown" threshold would do: per threshold, the images accepted (top-class
+    probability at or above it, compared in float32 as a model does) and their accuracy.
+
+    Returns:
+        [{"threshold", "accepted", "coverage", "accuracy"}], accuracy None when none is
+        accepted.
+    """
+    from trxsfr.base.contract import is_unknown
+
+    conf = np.asarray(confidences, np.float32)
+    hit = np.asarray(correct, bool)
+    rows = []
+    for t in thresholds:
+        accepted = ~is_unknown(conf, t)
+        n = int(accepted.sum())
+        rows.append({"threshold": float(t), "accepted": n,
+                     "coverage": n / len(conf) if len(conf) else None,
+                     "accuracy": float(hit[accepted].mean()) if n else None})
+    return rows
+
+
 @dataclasses.dataclass(frozen=True)
 class _Row:
     """One labelled image as the report sees it."""
@@ -210,6 +236,30 @@ def reliability_figure(table: dict) -> str:
     return _png_uri(fig)
 
 
+def coverage_figure(confidences: Sequence[float], correct: Sequence[bool],
+                    threshold: Optional[float]) -> str:
+    """Accuracy on accepted images against coverage as the threshold rises; a PNG data URI."""
+    conf = np.asarray(confidences, float)
+    hit = np.asarray(correct, bool)
+    order = np.argsort(-conf, kind="stable")
+    k = np.arange(1, len(conf) + 1)
+    fig = _figure(6, 4)
+    ax = fig.add_subplot()
+    ax.plot(k / len(conf), np.cumsum(hit[order]) / k, color="#4c72b0")
+    if threshold is not None:
+        row = coverage_table(conf, hit, [threshold])[0]
+        if row["accepted"]:
+            ax.scatter([row["coverage"]], [row["accuracy"]], color="#dd8452", zorder=3,
+                       label=f"the model's threshold {threshold:.3f}")
+            ax.legend(loc="lower left", fontsize=8)
+    ax.set_xlim(0, 1.01)
+    ax.set_xlabel("coverage (share of images accepted, most confident first)")
+    ax.set_ylabel("accuracy on accepted images")
+    ax.set_title("Coverage and accuracy")
+    ax.grid(alpha=0.3)
+    return _png_uri(fig)
+
+
 def training_figure(history: Sequence[dict]) -> str:
     """Train/validation accuracy and cross-entropy per evaluation step; a PNG data URI."""
     fig = _figure(10, 3.8)
@@ -253,7 +303,8 @@ def thumbnail_uri(path: str, px: int = THUMBNAIL_PX) -> Optional[str]:
 
 # ---------------------------------------------------------------- HTML
 
-_CSS = """
+# The page style; audit_page uses it too, so both pages look alike.
+PAGE_CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;
 max-width:1200px;padding:0 1em;color:#222;line-height:1.4}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
@@ -472,6 +523,31 @@ def _calibration(rows: list[_Row]) -> str:
             f"<th>mean confidence</th><th>accuracy</th></tr>{body}</table></section>")
 
 
+def _coverage(doc: dict, rows: list[_Row]) -> str:
+    evaluated = [r for r in rows if r.truth is not None]
+    conf = [r.score for r in evaluated]
+    correct = [r.truth == r.pred for r in evaluated]
+    threshold = ModelInfo.from_json(doc.get("metadata") or {}).unknown_threshold
+    thresholds = sorted(set(COVERAGE_THRESHOLDS) | ({threshold} if threshold is not None else set()))
+    body = "".join(
+        f'<tr{" class=model-threshold" if t["threshold"] == threshold else ""}>'
+        f'<td class="num">{t["threshold"]:.4g}{" (the model&#x27;s)" if t["threshold"] == threshold else ""}</td>'
+        f'<td class="num">{t["accepted"]}</td><td class="num">{_pct(t["coverage"])}</td>'
+        f'<td class="num">{_pct(t["accuracy"])}</td></tr>'
+        for t in coverage_table(conf, correct, thresholds))
+    said = (f"This model answers <strong>unknown</strong> below a top-class probability of "
+            f'<strong id="unknown-threshold">{threshold:.4f}</strong>.' if threshold is not None
+            else "This model has no \"unknown\" threshold (retrain --unknown_threshold sets one); "
+                 "the table shows what one would do.")
+    return ('<section id="coverage"><h2>Coverage and accuracy</h2>'
+            f"<p>{said} An image is accepted when its top-class probability is at least the "
+            "threshold; coverage is the share accepted, accuracy is measured on those.</p>"
+            f'<img class="figure" id="coverage-curve" alt="coverage and accuracy" '
+            f'src="{coverage_figure(conf, correct, threshold)}">'
+            '<table id="coverage-table"><tr><th>threshold</th><th>accepted</th>'
+            f"<th>coverage</th><th>accuracy</th></tr>{body}</table></section>")
+
+
 def _training(doc: dict) -> str:
     history = ModelInfo.from_json(doc.get("metadata") or {}).history
     if not history:
@@ -504,7 +580,7 @@ def render(doc: dict, thumbnails: int = DEFAULT_THUMBNAILS,
     title = f"trxsfr report: model {doc.get('version', '?')}"
     parts = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
              f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+             f"<title>{_e(title)}</title><style>{PAGE_CSS}</style></head><body>"
              f"<h1>{_e(title)}</h1>"
              f'<p class="muted">{_e(doc.get("model", ""))}</p>',
              _summary(doc, rows)]
@@ -523,6 +599,7 @@ def render(doc: dict, thumbnails: int = DEFAULT_THUMBNAILS,
                      unsure[:LEAST_CONFIDENT_CORRECT], min(thumbnails, LEAST_CONFIDENT_CORRECT),
                      images, labels),
             _calibration(rows),
+            _coverage(doc, rows),
         ]
     else:
         parts.append('<p class="note" id="no-evaluation">No evaluation set in this run: label '

@@ -7,7 +7,8 @@ it through them. A SavedModel version directory holds:
 - signatures `serving_default` (`image_bytes`: encoded images, string [N]) and
   `predict_images` (`images`: float32 [N, H, W, 3] in [0, 1]), both returning
   `probabilities` float32 [N, C], `classes` string [N, C] (labels ranked),
-  `class_ids` int64 [N, C] and `scores` float32 [N, C];
+  `class_ids` int64 [N, C] and `scores` float32 [N, C] (and `unknown` bool [N]
+  when the model has an "unknown" threshold);
 - module attributes `extractor` (the feature-extractor SavedModel), `weights`
   float32 [D, C] and `bias` float32 [C] (what `explain` differentiates);
 - `assets/labels.txt` (one label per line, in class-id order) and
@@ -36,11 +37,16 @@ OUTPUT_CLASSES = "classes"
 OUTPUT_CLASS_IDS = "class_ids"
 OUTPUT_SCORES = "scores"
 OUTPUTS = (OUTPUT_PROBABILITIES, OUTPUT_CLASSES, OUTPUT_CLASS_IDS, OUTPUT_SCORES)
+# Only in models retrained with --unknown_threshold: bool [N], true when the top score is
+# below the model's threshold (`ModelInfo.unknown_threshold`, also the module attribute
+# ATTR_UNKNOWN_THRESHOLD). A model without one has neither and never answers "unknown".
+OUTPUT_UNKNOWN = "unknown"
 
 # Attributes of the saved tf.Module.
 ATTR_EXTRACTOR = "extractor"
 ATTR_WEIGHTS = "weights"
 ATTR_BIAS = "bias"
+ATTR_UNKNOWN_THRESHOLD = "unknown_threshold"
 
 ASSETS_DIR = "assets"
 LABELS_FILE = "labels.txt"
@@ -150,15 +156,20 @@ class ModelInfo:
     history: list = dataclasses.field(default_factory=list)
     created: Optional[int] = None  # unix time of the export
     tflite: Optional[TFLiteInfo] = None  # set on a .tflite's info only
+    # A top score below this answers "unknown" (retrain --unknown_threshold); None: never.
+    # Stored as the float32 the SavedModel compares with, so every runtime agrees.
+    unknown_threshold: Optional[float] = None
     extra: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         doc = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in ("module", "labels", "tflite", "extra")}
+               if f.name not in ("module", "labels", "tflite", "extra", "unknown_threshold")}
         doc["module"] = self.module.to_json()
         doc["labels"] = list(self.labels)
         if self.tflite is not None:
             doc["tflite"] = self.tflite.to_json()
+        if self.unknown_threshold is not None:  # absent otherwise: older files read back equal
+            doc["unknown_threshold"] = self.unknown_threshold
         doc.update(self.extra)
         return dict(sorted(doc.items()))
 
@@ -176,11 +187,25 @@ class ModelInfo:
             if not isinstance(kwargs.get(name), list):
                 kwargs[name] = []
         kwargs["skipped_files"] = kwargs.get("skipped_files") or 0
+        threshold = kwargs.get("unknown_threshold")
+        kwargs["unknown_threshold"] = (float(threshold) if isinstance(threshold, (int, float))
+                                       and not isinstance(threshold, bool) else None)
         kwargs["extra"] = {k: v for k, v in doc.items() if k not in known}
         return cls(**kwargs)
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=1, sort_keys=True)
+
+
+def is_unknown(top_scores, threshold: Optional[float]):
+    """bool [N]: which top scores (float [N]) fall below a model's "unknown" threshold,
+    compared in float32 as the SavedModel compares them; all False without a threshold."""
+    import numpy as np
+
+    scores = np.asarray(top_scores, np.float32)
+    if threshold is None:
+        return np.zeros(scores.shape, bool)
+    return scores < np.float32(threshold)
 
 
 def read_info(path: str) -> ModelInfo:

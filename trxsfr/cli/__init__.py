@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from trxsfr.base.contract import is_tflite
 from trxsfr.base.errors import TrxsfrError
-from trxsfr.cli import beam, deploy, process, train, use, web
+from trxsfr.cli import audit, beam, deploy, process, train, use, web
 from trxsfr.cli.common import EXIT_BAD_INPUT, Formatter, Parser
 
 
@@ -35,12 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     beam.add_extract_parser(sub)
     deploy.add_deploy_parsers(sub)
     web.add_download_parser(sub)
+    audit.add_audit_parser(sub)
     return parser
 
 
 # Commands that always load TensorFlow (`info` does for a SavedModel, not for a .tflite);
 # `label` and `extract` import it after their own flag checks.
-_TENSORFLOW_COMMANDS = ("retrain", "explain", "fixtures", "serve", "export-tflite")
+_TENSORFLOW_COMMANDS = ("retrain", "explain", "fixtures", "serve", "export-tflite", "audit")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from trxsfr.base.config import DEFAULT_MODULE, SWEEPABLE, RetrainConfig
+from trxsfr.base.config import DEFAULT_MODULE, SWEEPABLE, UNKNOWN_AUTO, RetrainConfig
 from trxsfr.base.errors import InputError
 from trxsfr.cli import codelab
 from trxsfr.cli.common import (
@@ -107,6 +107,16 @@ def add_retrain_parser(sub) -> None:
                    help="Also write the labels, one per line, to this file (never replaced "
                         "if it holds other labels). The model carries them in assets/labels.txt; "
                         "unset: no extra file.")
+    g.add_argument("--unknown_threshold", type=_threshold, default=d.unknown_threshold,
+                   metavar="auto|P",
+                   help="Let the model answer 'unknown' when its top class probability is below "
+                        "a threshold, stored in the model (its signatures then output "
+                        "'unknown'; label, serve and a converted .tflite apply it): P, a "
+                        "probability in [0, 1], or auto: chosen on the validation split for "
+                        "--unknown_precision. Unset: the model always names a class.")
+    g.add_argument("--unknown_precision", type=float, default=d.unknown_precision,
+                   help="With --unknown_threshold auto: the accuracy wanted on the validation "
+                        "images the model accepts; the threshold accepts as many as it can.")
     g = p.add_argument_group("Output")
     g.add_argument("--summaries_dir", default=d.summaries_dir,
                    help="TensorBoard summaries go to a fresh run-<time> sub-directory here.")
@@ -129,6 +139,17 @@ def _floats(text: str) -> tuple[float, ...]:
     if len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"repeated value in {text!r}")
     return values
+
+
+def _threshold(text: str):
+    """argparse type: "auto" or a number (its range is checked by RetrainConfig.check)."""
+    if text == UNKNOWN_AUTO:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected '{UNKNOWN_AUTO}' or a probability, "
+                                         f"got {text!r}")
 
 
 def _sweep_and_values(args, names) -> tuple[dict, tuple]:
@@ -163,6 +184,7 @@ def retrain_config(args) -> RetrainConfig:
         augment_copies=args.augment_copies, fine_tune_steps=args.fine_tune_steps,
         fine_tune_learning_rate=args.fine_tune_learning_rate,
         fine_tune_batch_size=args.fine_tune_batch_size, **compat,
+        unknown_threshold=args.unknown_threshold, unknown_precision=args.unknown_precision,
     )
 
 
@@ -205,10 +227,29 @@ def run_retrain(args) -> int:
                 "<- exported" if r["chosen"] else ""] for r in result.sweep]
         for line in table(names + ["val_xent", "val_acc", "time", ""], rows):
             out("  " + line)
+    if result.unknown:
+        out(unknown_line(result.unknown))
     if result.summary_dir:
         out(f"TensorBoard summaries: {result.summary_dir}")
     out(result.version_dir)
     return EXIT_OK
+
+
+def unknown_line(unknown: dict) -> str:
+    """The retrain summary line of the "unknown" threshold and what it does on held-out data."""
+    how = (f"auto, for {100 * unknown['target_precision']:g}% precision on accepted validation "
+           f"images{'' if unknown['reached'] else ', not reached: best precision taken'}"
+           if unknown["mode"] == "auto" else "given")
+    parts = []
+    for split in ("validation", "test"):
+        figures = unknown.get(split)
+        if figures and figures["accepted"]:
+            parts.append(f"{split}: {100 * figures['coverage']:.1f}% accepted, "
+                         f"{100 * figures['precision']:.1f}% of them right")
+        elif figures:
+            parts.append(f"{split}: none accepted")
+    return (f"Unknown threshold = {unknown['threshold']:.4f} ({how})"
+            + (f"; {'; '.join(parts)}" if parts else ""))
 
 
 # ---------------------------------------------------------------- fixtures

@@ -129,7 +129,10 @@ def _skips(run, verbose: bool) -> list[str]:
 def text_lines(run, top_k: int, verbose: bool = False) -> list[str]:
     """`label`'s text output: `label score path` lines, skips, evaluation, timings."""
     lines = []
+    unknown = run.unknown()
     for i, e in enumerate(run.entries):
+        if unknown[i]:  # the answer first; the ranking still says what the model leans to
+            lines.append(f"unknown {float(run.probabilities[i].max()):.5f} {e.path}")
         lines += [f"{label} {score:.5f} {e.path}" for label, score in run.ranked(i, top_k)]
     lines += _skips(run, verbose)
     for folder in run.unknown_folders:
@@ -146,6 +149,13 @@ def text_lines(run, top_k: int, verbose: bool = False) -> list[str]:
         lines += ["  " + row for row in table(
             ["true \\ predicted"] + run.labels,
             [[label] + counts for label, counts in zip(run.labels, ev["confusion_matrix"])])]
+        if ev.get("unknown"):
+            u = ev["unknown"]
+            right = ("" if u["accuracy_accepted"] is None else
+                     f"; accuracy on the {ev['count'] - u['unknown']} accepted = "
+                     f"{100 * u['accuracy_accepted']:.2f}%")
+            lines.append(f"Unknown (top score below {u['threshold']:.4f}): {u['unknown']} of "
+                         f"{ev['count']}{right}")
         mis = run.misclassified()
         lines.append(f"Misclassified: {len(mis)}")
         lines += [f"  {path} (true: {t}, predicted: {p}, score {s:.5f})" for path, t, p, s in mis]

@@ -226,7 +226,8 @@ class Server:
                 parsed = await loop.run_in_executor(self._parse_pool, parse_request, body, lv,
                                                     self.config)
             probs = await self.batcher.predict(lv, parsed.images)
-            return JSONResponse(format_response(probs, lv.labels, parsed.row_format))
+            return JSONResponse(format_response(probs, lv.labels, parsed.row_format,
+                                                lv.classifier.info.unknown_threshold))
         except BadRequest as e:
             return self._error(str(e), e.status)
         except ClientDisconnect:  # the connection logged it; nobody is left to answer

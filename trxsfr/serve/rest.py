@@ -19,7 +19,7 @@ import dataclasses
 import io
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -31,9 +31,10 @@ from trxsfr.base.contract import (
     OUTPUT_CLASSES,
     OUTPUT_PROBABILITIES,
     OUTPUT_SCORES,
-    OUTPUTS,
+    OUTPUT_UNKNOWN,
     SIGNATURE_BYTES,
     SIGNATURE_IMAGES,
+    is_unknown,
 )
 from trxsfr.base.listing import FORMAT_NAMES
 
@@ -262,10 +263,13 @@ def _float_images(values: list, size: tuple[int, int]) -> np.ndarray:
     return images
 
 
-def format_response(probs: np.ndarray, labels: list[str], row_format: bool) -> dict:
+def format_response(probs: np.ndarray, labels: list[str], row_format: bool,
+                    unknown_threshold: Optional[float] = None) -> dict:
     """probabilities float32 [N, C] -> TF Serving's "predictions" (row) or "outputs" (columnar).
 
     Ranking is a stable descending sort, as tf.math.top_k in the exported signature.
+    A model with an "unknown" threshold also answers `unknown` per image, as its
+    signature does; a model without one does not (nor does its signature).
     """
     order = np.argsort(-probs, axis=1, kind="stable")
     scores = np.take_along_axis(probs, order, axis=1)
@@ -275,6 +279,9 @@ def format_response(probs: np.ndarray, labels: list[str], row_format: bool) -> d
         OUTPUT_CLASS_IDS: order.tolist(),
         OUTPUT_SCORES: scores.tolist(),
     }
+    if unknown_threshold is not None:
+        out[OUTPUT_UNKNOWN] = is_unknown(scores[:, 0], unknown_threshold).tolist()
     if row_format:
-        return {"predictions": [{name: out[name][i] for name in OUTPUTS} for i in range(len(probs))]}
+        return {"predictions": [{name: values[i] for name, values in out.items()}
+                                for i in range(len(probs))]}
     return {"outputs": out}

@@ -6,7 +6,7 @@ import logging
 import os
 import shutil
 import uuid
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -19,10 +19,12 @@ log = logging.getLogger(__name__)
 
 
 def build_module(extractor, weights: np.ndarray, bias: np.ndarray, labels: Sequence[str],
-                 asset_paths: Sequence[str]):
+                 asset_paths: Sequence[str], unknown_threshold: Optional[float] = None):
     """A tf.Module: extractor + new layer, with both serving signatures as tf.functions.
 
     Its attribute, input and output names are those `trxsfr.base.contract` states.
+    With `unknown_threshold`, the module also holds it and the signatures output
+    `unknown` (top score below it); without, both are absent, as in older models.
     """
     import tensorflow as tf
 
@@ -37,6 +39,10 @@ def build_module(extractor, weights: np.ndarray, bias: np.ndarray, labels: Seque
             setattr(self, contract.ATTR_WEIGHTS, tf.Variable(weights, name="final_layer/weights"))
             setattr(self, contract.ATTR_BIAS, tf.Variable(bias, name="final_layer/biases"))
             self.label_strings = tf.constant(list(labels), tf.string)
+            if unknown_threshold is not None:
+                setattr(self, contract.ATTR_UNKNOWN_THRESHOLD,
+                        tf.Variable(np.float32(unknown_threshold), trainable=False,
+                                    name="unknown_threshold"))
             self.assets = [tf.saved_model.Asset(p) for p in asset_paths]
 
         @tf.function(input_signature=[
@@ -48,12 +54,16 @@ def build_module(extractor, weights: np.ndarray, bias: np.ndarray, labels: Seque
                       + getattr(self, contract.ATTR_BIAS))
             probabilities = tf.nn.softmax(logits)
             scores, class_ids = tf.math.top_k(probabilities, k=len(labels))
-            return {
+            outputs = {
                 contract.OUTPUT_PROBABILITIES: probabilities,
                 contract.OUTPUT_CLASSES: tf.gather(self.label_strings, class_ids),
                 contract.OUTPUT_CLASS_IDS: tf.cast(class_ids, tf.int64),
                 contract.OUTPUT_SCORES: scores,
             }
+            if unknown_threshold is not None:
+                outputs[contract.OUTPUT_UNKNOWN] = tf.less(
+                    scores[:, 0], getattr(self, contract.ATTR_UNKNOWN_THRESHOLD))
+            return outputs
 
         @tf.function(input_signature=[
             tf.TensorSpec([None], tf.string, name=contract.INPUT_BYTES)])
@@ -99,7 +109,8 @@ def save_versioned(extractor, weights, bias, labels: Sequence[str], info: ModelI
         meta_path = os.path.join(asset_src, contract.METADATA_FILE)
         with open(meta_path, "w", encoding="utf-8") as f:
             f.write(info.dumps())
-        module = build_module(extractor, weights, bias, labels, [label_path, meta_path])
+        module = build_module(extractor, weights, bias, labels, [label_path, meta_path],
+                              info.unknown_threshold)
         tf.saved_model.save(module, staging, signatures={
             contract.SIGNATURE_BYTES: module.predict_bytes,
             contract.SIGNATURE_IMAGES: module.predict_images,

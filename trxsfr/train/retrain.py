@@ -13,7 +13,7 @@ import numpy as np
 
 from trxsfr.base import __version__ as VERSION
 from trxsfr.base import files, imaging
-from trxsfr.base.config import SWEEPABLE, ProgressFn, RetrainConfig
+from trxsfr.base.config import SWEEPABLE, UNKNOWN_AUTO, ProgressFn, RetrainConfig
 from trxsfr.base.contract import ModelInfo, ModuleInfo
 from trxsfr.base.errors import InputError
 from trxsfr.train import augment, dataset
@@ -43,6 +43,7 @@ class RetrainResult:
     chosen: dict  # the hyper-parameters of the exported head
     augmented: Optional[tuple[int, int]]  # distorted views (reused, computed), if any
     fine_tuned: bool
+    unknown: Optional[dict] = None  # the "unknown" threshold and its figures (train/unknown.py)
 
 
 def fresh_run_dir(summaries_dir: str) -> str:
@@ -73,6 +74,9 @@ def check_validation_needs(config: RetrainConfig, has_validation: bool) -> None:
     if config.sweep:
         raise InputError("a sweep picks by validation cross-entropy; "
                          "raise --validation_percentage above 0")
+    if config.unknown_threshold == UNKNOWN_AUTO:
+        raise InputError("--unknown_threshold auto is chosen on the validation split; raise "
+                         "--validation_percentage above 0 or give a threshold")
 
 
 def with_views(x_train, y_train, image_set, train_items, augmented):
@@ -256,6 +260,21 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
         misclassified = [(it.path, labels[t], labels[p])
                          for it, t, p in zip(test_items, y_test, pred) if t != p]
 
+    unknown = None
+    if config.unknown_threshold is not None:
+        from trxsfr.train import unknown as unknown_threshold
+
+        if tuned is not None and len(y_val):  # cached vectors are the old extractor's
+            x_val, ok = finetune.features_of(
+                extractor, [image_set.abs_path(it) for it in image_set.of_split(Split.VALIDATION)],
+                config.bottleneck_batch_size)
+            y_val = y_val[ok]
+        unknown = unknown_threshold.decide(
+            config.unknown_threshold, config.unknown_precision, len(image_set.labels),
+            (final_head.probabilities(x_val), y_val) if len(y_val) else None,
+            (final_head.probabilities(x_test), y_test) if len(y_test) else None)
+        log.info("unknown threshold %.4f (%s)", unknown["threshold"], unknown["mode"])
+
     chosen = next((
         {k: v for k, v in row.items() if k in SWEEPABLE} for row in sweep_rows if row["chosen"]),
         {k: getattr(config, k) for k in SWEEPABLE})
@@ -284,11 +303,13 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
             "validation_accuracy": last.get("validation_accuracy"),
             "validation_cross_entropy": last.get("validation_cross_entropy"),
             "train_accuracy": last.get("train_accuracy"),
+            **({"unknown": unknown} if unknown is not None else {}),
         },
         split_counts=counts,
         skipped_files=len(image_set.skipped),
         history=trained.history,
         created=int(time.time()),
+        unknown_threshold=unknown["threshold"] if unknown is not None else None,
     )
     if config.output_labels:
         export.check_labels_file(config.output_labels, image_set.labels)
@@ -314,4 +335,5 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
         sweep=sweep_rows, chosen=chosen,
         augmented=augmented_counts,
         fine_tuned=tuned is not None,
+        unknown=unknown,
     )

@@ -93,6 +93,15 @@ class LabelRun:
     inference_seconds: float
     evaluation: Optional[dict]  # metrics over entries with a truth
 
+    @property
+    def unknown_threshold(self) -> Optional[float]:
+        """The model's "unknown" threshold (None: it always names a class)."""
+        return self.info.unknown_threshold
+
+    def unknown(self) -> np.ndarray:
+        """bool [len(entries)]: the images whose top score is below the model's threshold."""
+        return contract.is_unknown(self.probabilities.max(axis=1), self.unknown_threshold)
+
     def ranked(self, i: int, top_k: int) -> list[tuple[str, float]]:
         order = np.argsort(-self.probabilities[i], kind="stable")[:top_k]
         return [(self.labels[j], float(self.probabilities[i][j])) for j in order]
@@ -133,6 +142,10 @@ class LabelRun:
             "ms_per_image": self.per_image_ms,
             "evaluation": None,
         }
+        if self.unknown_threshold is not None:  # absent otherwise, as from older trxsfr
+            doc["unknown_threshold"] = self.unknown_threshold
+            for prediction, unknown in zip(doc["predictions"], self.unknown().tolist()):
+                prediction["unknown"] = unknown
         if self.evaluation:
             doc["evaluation"] = dict(self.evaluation, misclassified=[
                 {"path": p, "true_label": t, "predicted_label": pr, "score": s}
@@ -250,5 +263,13 @@ def run(predictor: Predictor, inputs: Sequence[str], batch_size: int = FORWARD_B
         true = [kept[i].truth for i in truth_rows]
         probs = preds.probabilities[truth_rows]
         evaluation = metrics.metrics(true, probs.argmax(axis=1), clf.labels, probs)
+        threshold = clf.info.unknown_threshold
+        if threshold is not None:
+            accepted = ~contract.is_unknown(probs.max(axis=1), threshold)
+            right = probs.argmax(axis=1) == np.asarray(true)
+            evaluation["unknown"] = {
+                "threshold": threshold, "unknown": int((~accepted).sum()),
+                "coverage": float(accepted.mean()),
+                "accuracy_accepted": float(right[accepted].mean()) if accepted.any() else None}
     return LabelRun(clf.path, clf.labels, clf.info, kept, preds.probabilities, skipped,
                        unknown, clf.load_seconds, preds.seconds, evaluation)
