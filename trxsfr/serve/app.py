@@ -74,6 +74,7 @@ from trxsfr.serve.rest import (
     format_response,
     parse_classify_request,
     parse_request,
+    signature_outputs,
 )
 from trxsfr.serve.versions import LoadedVersion, Snapshot, VersionWatcher
 
@@ -270,7 +271,8 @@ class Server:
             else:
                 parsed = await self.parse(parse_request, body, lv, self.config)
                 probs = await self.batcher.predict(lv, parsed.images)
-                answer = format_response(probs, lv.labels, parsed.row_format)
+                answer = signature_outputs(format_response(probs, lv.labels, parsed.row_format),
+                                           lv, parsed.signature)
             status = "OK"
             return JSONResponse(answer)
         except BadRequest as e:

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 from google.protobuf import json_format
-from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -49,7 +48,6 @@ from tensorflow_serving.apis import (
 
 from trxsfr.base.config import ServeConfig
 from trxsfr.base.contract import (
-    FEATURE_IMAGE,
     INPUT_BYTES,
     INPUT_EXAMPLES,
     OUTPUT_CLASSES,
@@ -66,7 +64,9 @@ from trxsfr.serve.rest import (
     checked_float_images,
     checked_image,
     classifications,
+    example_image,
     format_response,
+    serialized_example_images,
 )
 from trxsfr.serve.versions import LoadedVersion
 
@@ -174,23 +174,6 @@ def output_tensor(values: Any, dtype: str) -> tensor_pb2.TensorProto:
 # ---------------------------------------------------------------- examples
 
 
-def example_image(example: example_pb2.Example, context, where: str,
-                  config: ServeConfig) -> Encoded:
-    """The encoded image of one example (or of the context shared by all), checked."""
-    feature = example.features.feature.get(FEATURE_IMAGE)
-    if feature is None and context is not None:
-        feature = context.features.feature.get(FEATURE_IMAGE)
-    if feature is None:
-        raise BadRequest(f"{where}: feature \"{FEATURE_IMAGE}\" (data type: string) is required "
-                         f"but could not be found")
-    kind = feature.WhichOneof("kind")
-    if kind != "bytes_list" or len(feature.bytes_list.value) != 1:
-        got = f"a {kind} of {len(getattr(feature, kind).value)}" if kind else "no value"
-        raise BadRequest(f"{where}: feature \"{FEATURE_IMAGE}\" must be a bytes_list holding one "
-                         f"encoded image; got {got}")
-    return checked_image(feature.bytes_list.value[0], config, where)
-
-
 def input_images(request_input, config: ServeConfig) -> list[Encoded]:
     """A Classify request's `input` (example_list, or example_list_with_context) -> the
     encoded image of each example."""
@@ -204,20 +187,6 @@ def input_images(request_input, config: ServeConfig) -> list[Encoded]:
     check_image_count(len(holder.examples), config)
     return [example_image(e, context, f"example {i}", config)
             for i, e in enumerate(holder.examples)]
-
-
-def serialized_example_images(values: list, config: ServeConfig) -> list[Encoded]:
-    """Serialized tf.Example (Predict on the classify signature) -> encoded images."""
-    images = []
-    for i, data in enumerate(values):
-        example = example_pb2.Example()
-        try:
-            example.ParseFromString(data)
-        except Exception as e:  # protobuf's DecodeError, whatever the backend
-            raise BadRequest(f"Could not parse example input, value: example {i} "
-                             f"({len(data):,} bytes)") from e
-        images.append(example_image(example, None, f"example {i}", config))
-    return images
 
 
 # ---------------------------------------------------------------- requests

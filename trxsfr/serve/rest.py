@@ -31,6 +31,7 @@ from trxsfr.base.config import ServeConfig
 from trxsfr.base.contract import (
     FEATURE_IMAGE,
     INPUT_BYTES,
+    INPUT_EXAMPLES,
     INPUT_IMAGES,
     OUTPUT_CLASS_IDS,
     OUTPUT_CLASSES,
@@ -38,6 +39,7 @@ from trxsfr.base.contract import (
     OUTPUT_SCORES,
     OUTPUTS,
     SIGNATURE_BYTES,
+    SIGNATURE_CLASSIFY,
     SIGNATURE_IMAGES,
 )
 from trxsfr.base.listing import FORMAT_NAMES
@@ -126,9 +128,13 @@ def parse_request(body: bytes, lv: LoadedVersion, config: ServeConfig) -> Parsed
         raise BadRequest(f"the request body must be a JSON object with \"instances\" or \"inputs\", "
                          f"got {_describe(doc)}")
     signature = doc.get("signature_name") or SIGNATURE_BYTES
-    if signature not in (SIGNATURE_BYTES, SIGNATURE_IMAGES):
+    inputs = {SIGNATURE_BYTES: INPUT_BYTES, SIGNATURE_IMAGES: INPUT_IMAGES}
+    if SIGNATURE_CLASSIFY in lv.signature_defs:  # serialized tf.Example, as {"b64": ...}
+        inputs[SIGNATURE_CLASSIFY] = INPUT_EXAMPLES
+    if signature not in inputs:
+        names = ", ".join(json.dumps(n) for n in inputs)
         raise BadRequest(f"Serving signature name: \"{signature}\" not found in signature def "
-                         f"(this model has \"{SIGNATURE_BYTES}\" and \"{SIGNATURE_IMAGES}\")")
+                         f"(this model has {names})")
     unknown = set(doc) - {"signature_name", "instances", "inputs"}
     if unknown:
         raise BadRequest(f"unknown key(s) {', '.join(sorted(map(repr, unknown)))} in the request; "
@@ -136,7 +142,7 @@ def parse_request(body: bytes, lv: LoadedVersion, config: ServeConfig) -> Parsed
     if ("instances" in doc) == ("inputs" in doc):
         raise BadRequest("the request must have exactly one of \"instances\" (row format) "
                          "or \"inputs\" (columnar format)")
-    input_name = INPUT_BYTES if signature == SIGNATURE_BYTES else INPUT_IMAGES
+    input_name = inputs[signature]
     row = "instances" in doc
     if row:
         values = doc["instances"]
@@ -154,9 +160,24 @@ def parse_request(body: bytes, lv: LoadedVersion, config: ServeConfig) -> Parsed
     if signature == SIGNATURE_BYTES:
         images = [checked_image(_b64(v, f"image {i}"), config, f"image {i}")
                   for i, v in enumerate(values)]
+    elif signature == SIGNATURE_CLASSIFY:
+        images = serialized_example_images([_b64(v, f"example {i}") for i, v in enumerate(values)],
+                                           config)
     else:
         images = _float_images(values, lv.image_size)
     return ParsedRequest(signature, row, images)
+
+
+def signature_outputs(answer: dict, lv: LoadedVersion, signature: str) -> dict:
+    """`format_response`'s answer with only the outputs `signature` declares (the classify
+    signature has two)."""
+    declared = lv.signature_defs.get(signature, {}).get("outputs")
+    if not declared:
+        return answer
+    if "predictions" in answer:
+        return {"predictions": [{k: v for k, v in row.items() if k in declared}
+                                for row in answer["predictions"]]}
+    return {"outputs": {k: v for k, v in answer["outputs"].items() if k in declared}}
 
 
 def check_image_count(count: int, config: ServeConfig) -> None:
@@ -398,3 +419,40 @@ def format_classify_response(probs: np.ndarray, labels: list[str]) -> dict:
     `{"results": [[[label, score], ...], ...]}`, best first."""
     return {"results": [[[label, score] for label, score in row]
                         for row in classifications(probs, labels)]}
+
+
+# ---------------------------------------------------------------- tf.Example (classify)
+
+
+def example_image(example, context, where: str, config: ServeConfig) -> Encoded:
+    """The encoded image of one `tf.Example` (or of the context shared by all), checked:
+    the one value of its bytes feature `FEATURE_IMAGE`. TF Serving serializes the
+    context before each example, so an example's own feature wins."""
+    feature = example.features.feature.get(FEATURE_IMAGE)
+    if feature is None and context is not None:
+        feature = context.features.feature.get(FEATURE_IMAGE)
+    if feature is None:
+        raise BadRequest(f"{where}: feature \"{FEATURE_IMAGE}\" (data type: string) is required "
+                         f"but could not be found")
+    kind = feature.WhichOneof("kind")
+    if kind != "bytes_list" or len(feature.bytes_list.value) != 1:
+        got = f"a {kind} of {len(getattr(feature, kind).value)}" if kind else "no value"
+        raise BadRequest(f"{where}: feature \"{FEATURE_IMAGE}\" must be a bytes_list holding one "
+                         f"encoded image; got {got}")
+    return checked_image(feature.bytes_list.value[0], config, where)
+
+
+def serialized_example_images(values: list, config: ServeConfig) -> list[Encoded]:
+    """Serialized `tf.Example`s (the classify signature's input) -> their encoded images."""
+    from tensorflow.core.example import example_pb2
+
+    images = []
+    for i, data in enumerate(values):
+        example = example_pb2.Example()
+        try:
+            example.ParseFromString(data)
+        except Exception as e:  # protobuf's DecodeError, whatever the backend
+            raise BadRequest(f"Could not parse example input, value: example {i} "
+                             f"({len(data):,} bytes)") from e
+        images.append(example_image(example, None, f"example {i}", config))
+    return images
