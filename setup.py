@@ -35,6 +35,13 @@ setup(
         "uvicorn>=0.30,<1",
         "httptools>=0.6,<1",
         "uvloop>=0.19,<1; sys_platform != 'win32'",
+        # trxsfr serve --grpc_port: TF Serving's gRPC API with the servicer base classes and
+        # protos Google ships (matched to TensorFlow's version; it requires tensorflow, which
+        # is here anyway), on grpcio's asyncio server.
+        "tensorflow-serving-api>=2.21,<2.22",
+        "grpcio>=1.60,<2",
+        # serve's /monitoring/prometheus/metrics.
+        "prometheus-client>=0.20,<1",
         # .tflite inference (label/info); tf.lite.Interpreter is the fallback where it has no wheel.
         "ai-edge-litert>=2.0,<3; sys_platform != 'win32'",
     ],

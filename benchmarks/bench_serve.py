@@ -9,14 +9,17 @@ extractor with fixed random weights (`benchmarks.mobilenet_fixture`), a few hund
 generated colour-blob pictures of 200-280 px, and a classifier retrained on
 them. With `--work DIR` the setup is kept and reused by the next run.
 
-Serving: `trxsfr serve` runs in a subprocess on a free loopback port (ready
+Serving: `trxsfr serve --grpc_port` runs in a subprocess on free loopback ports (ready
 when its /healthz answers, which also gives its batch counters); this process
-sends one JPEG per request ({"b64": ...}, TF Serving's row format) from 1, 8
-and 32 keep-alive connections and reports requests/s and p50/p99 latency, beside the
+sends one JPEG per request from 1, 8 and 32 clients, each on its own connection:
+over REST ({"b64": ...}, TF Serving's row format, keep-alive) and over gRPC
+(tensorflow-serving-api's PredictionServiceStub, a DT_STRING tensor, one channel per
+client), and reports requests/s and p50/p99 latency of each, beside the
 extractor's raw forward images/s at batch 1 and 32 measured in the same run
-(interleaved with the serving runs in rounds, so both see the same machine
+(raw, REST and gRPC runs interleaved in rounds, so all see the same machine
 load; a shared machine's load changes by the minute). Targets
-(issue 5): concurrency 32 >= 0.8 x raw batch 32; concurrency 1 >= 0.7 x raw batch 1.
+(issue 5): REST concurrency 32 >= 0.8 x raw batch 32; concurrency 1 >= 0.7 x raw
+batch 1; (issue 24) gRPC at concurrency 32 >= REST at concurrency 32.
 On Linux it also reads the server's CPU time from /proc and splits the
 concurrency-32 ratio into two factors: how many cores serving keeps busy
 against the raw forward pass, and the raw forward's CPU per image against
@@ -129,9 +132,9 @@ def free_port(host: str) -> int:
 
 
 class Served:
-    """`trxsfr serve --quiet` in a subprocess on a free port of 127.0.0.1.
+    """`trxsfr serve --quiet --grpc_port P` in a subprocess on free ports of 127.0.0.1.
 
-    It is ready when GET /healthz says "ok"; the address is the one chosen here,
+    It is ready when GET /healthz says "ok"; the addresses are the ones chosen here,
     so nothing the server prints is read.
     """
 
@@ -140,11 +143,14 @@ class Served:
 
     def __init__(self, base: str, *flags, timeout: float = 300.0):
         self.port = free_port(self.host)
+        self.grpc_port = free_port(self.host)
+        while self.grpc_port == self.port:
+            self.grpc_port = free_port(self.host)
         self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trxsfr", "serve", "--model_base_path", base,
              "--model_name", MODEL_NAME, "--host", self.host, "--port", str(self.port),
-             "--quiet", *flags],
+             "--grpc_port", str(self.grpc_port), "--quiet", *flags],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr)
         deadline = time.monotonic() + timeout
         while True:
@@ -197,9 +203,74 @@ class Served:
         self._stderr.close()
 
 
-def load_run(served: Served, bodies: list[bytes], concurrency: int, seconds: float,
+class RestClient:
+    """One keep-alive connection sending TF Serving REST :predict bodies."""
+
+    def __init__(self, served: Served, bodies: list[bytes]):
+        self.served, self.bodies = served, bodies
+        self.conn = http.client.HTTPConnection(served.host, served.port, timeout=60)
+
+    def send(self, i: int) -> bool:
+        try:
+            self.conn.request("POST", self.served.path, self.bodies[i % len(self.bodies)],
+                              {"Content-Type": "application/json"})
+            resp = self.conn.getresponse()
+            data = resp.read()
+            return resp.status == 200 and data.startswith(b'{"predictions"')
+        except (OSError, http.client.HTTPException):
+            self.conn.close()
+            self.conn = http.client.HTTPConnection(self.served.host, self.served.port, timeout=60)
+            return False
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class GrpcClient:
+    """One gRPC channel sending PredictRequests through tensorflow-serving-api's stub."""
+
+    def __init__(self, served: Served, requests: list):
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self._error = grpc.RpcError
+        self.requests = requests
+        self.channel = grpc.insecure_channel(f"{served.host}:{served.grpc_port}")
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+
+    def send(self, i: int) -> bool:
+        try:
+            response = self.stub.Predict(self.requests[i % len(self.requests)], timeout=60)
+        except self._error:
+            return False
+        return "probabilities" in response.outputs
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def grpc_requests(files: list[str]) -> list:
+    """One PredictRequest per file: its JPEG bytes as image_bytes, DT_STRING [1]."""
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+    from tensorflow_serving.apis import predict_pb2
+
+    requests = []
+    for f in files:
+        with open(f, "rb") as fh:
+            data = fh.read()
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = MODEL_NAME
+        tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[data])
+        tensor.tensor_shape.dim.add(size=1)
+        req.inputs["image_bytes"].CopyFrom(tensor)
+        requests.append(req)
+    return requests
+
+
+def load_run(served: Served, make_client, concurrency: int, seconds: float,
              warm: float = 1.0) -> dict:
-    """`concurrency` clients, each on its own keep-alive connection, for `seconds` after `warm`."""
+    """`concurrency` clients (`make_client()`: a RestClient or GrpcClient), each on its own
+    connection, for `seconds` after `warm`."""
     latencies: list[float] = []
     failures, answered = [0], [0]
     lock = threading.Lock()
@@ -207,24 +278,15 @@ def load_run(served: Served, bodies: list[bytes], concurrency: int, seconds: flo
     measure_from, stop_at = start_at + warm, start_at + warm + seconds
 
     def client(k: int) -> None:
-        conn = http.client.HTTPConnection(served.host, served.port, timeout=60)
+        conn = make_client()
         i = k
         mine, count = [], 0
         while True:
             now = time.perf_counter()
             if now >= stop_at:
                 break
-            body = bodies[i % len(bodies)]
+            ok = conn.send(i)
             i += concurrency
-            try:
-                conn.request("POST", served.path, body, {"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                data = resp.read()
-                ok = resp.status == 200 and data.startswith(b'{"predictions"')
-            except (OSError, http.client.HTTPException):
-                ok = False
-                conn.close()
-                conn = http.client.HTTPConnection(served.host, served.port, timeout=60)
             done = time.perf_counter()
             count += ok
             if now >= measure_from and done <= stop_at:
@@ -280,11 +342,11 @@ def _merge(parts: list[dict]) -> dict:
 
 
 def bench_serving(paths: dict, seconds: float, rounds: int, server_flags: tuple = ()) -> dict:
-    """Serving runs interleaved with raw forward runs, so both see the same machine load.
+    """Serving runs interleaved with raw forward runs, so all see the same machine load.
 
     For each concurrency, `rounds` times: raw batch 1 and batch 32 for a third
-    of `seconds / rounds` each, then serving for `seconds / rounds`. Ratios
-    compare the sums over the rounds.
+    of `seconds / rounds` each, then REST serving for `seconds / rounds`, then
+    gRPC serving as long. Ratios compare the sums over the rounds.
     """
     import base64
 
@@ -296,26 +358,33 @@ def bench_serving(paths: dict, seconds: float, rounds: int, server_flags: tuple 
         with open(f, "rb") as fh:
             bodies.append(json.dumps({"instances": [{"b64": base64.b64encode(fh.read()).decode()}]})
                           .encode())
+    requests = grpc_requests(files)
     raw = RawForward(paths["module"], paths["image_size"])
     raw_runs = {1: [], 32: []}
     served = Served(paths["models"], *server_flags)
     served_version = served.ready.get("version")
     try:
-        runs = []
+        runs, grpc_runs = [], []
         slice_s = seconds / rounds
         for c in CONCURRENCY:
-            log.info("serving at concurrency %d (%d rounds)", c, rounds)
-            parts = []
+            log.info("serving at concurrency %d (%d rounds, REST and gRPC)", c, rounds)
+            parts, grpc_parts = [], []
             for _ in range(rounds):
                 for b in (1, 32):
                     raw_runs[b].append((c, *raw.measure(b, slice_s / 3)))
-                parts.append(load_run(served, bodies, c, slice_s, warm=0.5))
+                parts.append(load_run(served, lambda: RestClient(served, bodies), c, slice_s,
+                                      warm=0.5))
+                grpc_parts.append(load_run(served, lambda: GrpcClient(served, requests), c,
+                                           slice_s, warm=0.5))
             runs.append(_merge(parts))
+            grpc_runs.append(_merge(grpc_parts))
     finally:
         served.stop()
     by_c = {c: {b: float(np.mean([v for cc, v, _ in raw_runs[b] if cc == c])) for b in (1, 32)}
             for c in CONCURRENCY}
     result = {"served_version": served_version, "raw_by_concurrency": by_c, "runs": runs,
+              "grpc_runs": grpc_runs,
+              "grpc_over_rest_c32": grpc_runs[-1]["requests_per_s"] / runs[-1]["requests_per_s"],
               "raw": {b: float(np.mean([v for _, v, _ in raw_runs[b]])) for b in (1, 32)},
               "raw_min": {b: min(v for _, v, _ in raw_runs[b]) for b in (1, 32)},
               "raw_max": {b: max(v for _, v, _ in raw_runs[b]) for b in (1, 32)},
@@ -351,6 +420,17 @@ def report_serving(r: dict) -> list[str]:
         lines.append(f"  {run['concurrency']:>11}  {run['requests_per_s']:>10.1f}  {run['p50_ms']:>6.1f}"
                      f"  {run['p99_ms']:>6.1f}  {run['requests']:>8}  {run['failures']:>8}"
                      f"  {run['mean_batch']:>10.1f}  {raw[1]:>6.1f} / {raw[32]:.1f}")
+    lines.append("Serving over gRPC (PredictionService.Predict, the same JPEGs), in the same run:")
+    lines.append("  concurrency  requests/s  p50 ms  p99 ms  requests  failures  mean batch"
+                 "  REST requests/s beside it  server CPU ms/request, gRPC / REST")
+    for run, rest in zip(r["grpc_runs"], r["runs"]):
+        cpu = ("n/a" if run["server_cpu_ms_per_request"] is None else
+               f"{run['server_cpu_ms_per_request']:.2f} / {rest['server_cpu_ms_per_request']:.2f}")
+        lines.append(f"  {run['concurrency']:>11}  {run['requests_per_s']:>10.1f}  {run['p50_ms']:>6.1f}"
+                     f"  {run['p99_ms']:>6.1f}  {run['requests']:>8}  {run['failures']:>8}"
+                     f"  {run['mean_batch']:>10.1f}  {rest['requests_per_s']:>25.1f}  {cpu:>13}")
+    lines.append(f"gRPC / REST at concurrency 32 = {r['grpc_over_rest_c32']:.2f} (target >= 1: "
+                 f"{'met' if r['grpc_over_rest_c32'] >= 1 else 'NOT met'})")
     lines.append(f"Concurrency 1 / raw batch 1 = {r['ratio_c1']:.2f} (target >= 0.7: "
                  f"{'met' if r['ratio_c1'] >= 0.7 else 'NOT met'})")
     lines.append(f"Concurrency 32 / raw batch 32 = {r['ratio_c32']:.2f} (target >= 0.8: "

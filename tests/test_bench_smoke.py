@@ -87,6 +87,10 @@ def test_serving_benchmark_measures_every_figure(trained, fx):
         assert run["server_cpu_ms_per_request"] > 0 and run["client_cpu_ms_per_request"] > 0, run
         assert 0 < run["cores_busy"] <= r["cores"] + 0.5, run
     assert r["runs"][-1]["mean_batch"] > 1  # 32 clients share forward passes
+    assert [run["concurrency"] for run in r["grpc_runs"]] == [1, 8, 32]
+    for run in r["grpc_runs"]:  # the same, over gRPC, in the same run
+        assert run["requests"] > 0 and run["failures"] == 0, run
+    assert r["grpc_over_rest_c32"] > 0
     assert r["raw"][32] > 0 and r["raw_cpu_ms_per_image"][32] > 0
     assert r["ratio_c32"] > 0 and r["c32_busy_factor"] > 0 and r["c32_cpu_factor"] > 0
     # the two factors multiply to the measured ratio, up to their measuring windows
@@ -96,6 +100,7 @@ def test_serving_benchmark_measures_every_figure(trained, fx):
     assert r["c32_raw_cpu_ms_per_image"] / per_request == pytest.approx(r["c32_cpu_factor"])
     text = "\n".join(bench_serve.report_serving(r))
     for needle in ("Concurrency 1 / raw batch 1", "Concurrency 32 / raw batch 32",
+                   "Serving over gRPC", "gRPC / REST at concurrency 32 = ",
                    f"against {r['c32_raw_cpu_ms_per_image']:.2f} ms per image"):
         assert needle in text, text
 

@@ -28,14 +28,15 @@ MODEL = "flowers"
 
 
 class ServerProcess:
-    """`python -m trxsfr serve ... --port 0`; its URL is read from the one line it prints on stdout."""
+    """`python -m trxsfr serve ... --port 0`; its URL (and its gRPC address, with --grpc_port)
+    are read from the one line it prints on stdout."""
 
     def __init__(self, *args, timeout=120):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trxsfr", "serve", "--host", "127.0.0.1", "--port", "0",
              *[str(a) for a in args]],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
-        self.err_lines, self.url = [], None
+        self.err_lines, self.url, self.grpc_address = [], None, None
         ready = threading.Event()
 
         def drain():
@@ -48,6 +49,8 @@ class ServerProcess:
                 m = re.search(r"^serving model \S+ version \d+ at (http://127\.0\.0\.1:\d+)/", line)
                 if m and not self.url:
                     self.url = m.group(1)
+                    grpc = re.search(r"; gRPC at (127\.0\.0\.1:\d+)$", line.rstrip())
+                    self.grpc_address = grpc and grpc.group(1)
                     ready.set()
             ready.set()
 
@@ -241,7 +244,7 @@ def test_every_malformed_request_gets_400_and_the_server_carries_on(served, fx):
                                     "animated WebP is not supported"),
         "wrong input name (row)": ({"instances": [{"image": {"b64": good_b64}}]}, "\"image_bytes\""),
         "wrong input name (columnar)": ({"inputs": {"bytes": [{"b64": good_b64}]}}, "\"image_bytes\""),
-        "unknown signature": ({"signature_name": "classify", "instances": [{"b64": good_b64}]},
+        "unknown signature": ({"signature_name": "regress", "instances": [{"b64": good_b64}]},
                               "not found in signature def"),
         "too many images": ({"instances": [{"b64": good_b64}] * 5}, "at most 4"),
         "too many pixels": ({"instances": [{"b64": _png(600, 500)}]}, "limit is 250,000"),
@@ -582,6 +585,7 @@ def test_serve_config_check_gives_python_callers_the_cli_errors(tmp_path):
         "batch_timeout_micros": (-1, "--batch_timeout_micros must be 0 or more"),
         "poll_seconds": (math.inf, "--file_system_poll_wait_seconds must be in (0, 86400]"),
         "port": (65536, "--port 65536 is not a TCP port"),
+        "grpc_port": (-1, "--grpc_port -1 is not a TCP port"),
         "model_name": ("a b", "--model_name 'a b'"),
         "version_labels": ((("stable", "1"),), "expected (label, version) pairs"),
     }

@@ -192,6 +192,9 @@ class ServeConfig:
     model_name: str = "default"
     host: str = "127.0.0.1"
     port: int = 8501  # TF Serving's REST port; 0 picks a free one
+    # TF Serving's gRPC API on this port (TF Serving's is 8500; 0 picks a free one), on the
+    # same host; None: no gRPC. Off by default, so two servers never fight over one port.
+    grpc_port: Optional[int] = None
     max_batch_size: int = 32
     batch_timeout_micros: int = 10_000
     max_body_bytes: int = 32 * 1024 * 1024
@@ -227,6 +230,12 @@ class ServeConfig:
                              f"got {self.poll_seconds}")
         if not 0 <= self.port <= 65535:
             raise InputError(f"--port {self.port} is not a TCP port")
+        if self.grpc_port is not None:
+            if not (isinstance(self.grpc_port, int) and 0 <= self.grpc_port <= 65535):
+                raise InputError(f"--grpc_port {self.grpc_port} is not a TCP port")
+            if self.grpc_port and self.grpc_port == self.port:
+                raise InputError(f"--grpc_port {self.grpc_port} is also --port: give gRPC "
+                                 f"a port of its own (TF Serving's are 8500 and 8501)")
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.model_name):
             raise InputError(f"--model_name {self.model_name!r}: use letters, digits, '_', '-' "
                              f"and '.'")

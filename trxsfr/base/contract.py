@@ -9,6 +9,10 @@ it through them. A SavedModel version directory holds:
   `probabilities` float32 [N, C], `classes` string [N, C] (labels ranked),
   `class_ids` int64 [N, C] and `scores` float32 [N, C] (and `unknown` bool [N]
   when the model has an "unknown" threshold);
+- signature `classify` (method `tensorflow/serving/classify`, TF Serving's Classify
+  API): `inputs`, serialized `tf.Example` string [N], each holding one encoded image
+  under the feature `image/encoded`, returning `classes` and `scores` (as above);
+  models exported before it existed lack it;
 - module attributes `extractor` (the feature-extractor SavedModel), `weights`
   float32 [D, C] and `bias` float32 [C] (what `explain` differentiates);
 - `assets/labels.txt` (one label per line, in class-id order) and
@@ -41,6 +45,19 @@ OUTPUTS = (OUTPUT_PROBABILITIES, OUTPUT_CLASSES, OUTPUT_CLASS_IDS, OUTPUT_SCORES
 # below the model's threshold (`ModelInfo.unknown_threshold`, also the module attribute
 # ATTR_UNKNOWN_THRESHOLD). A model without one has neither and never answers "unknown".
 OUTPUT_UNKNOWN = "unknown"
+
+# The classification signature, as TF Serving's Classify API requires one: a single
+# input keyed "inputs" (serialized tf.Example), outputs "classes" and/or "scores"
+# [N, K], and (checked when tensorflow_model_server runs with
+# --enable_signature_method_name_check) the classify method name.
+SIGNATURE_CLASSIFY = "classify"
+INPUT_EXAMPLES = "inputs"
+# The feature holding the encoded image in each tf.Example: the key of TF's image
+# conventions (TFRecord datasets, the Object Detection API).
+FEATURE_IMAGE = "image/encoded"
+CLASSIFY_OUTPUTS = (OUTPUT_CLASSES, OUTPUT_SCORES)
+METHOD_CLASSIFY = "tensorflow/serving/classify"
+METHOD_PREDICT = "tensorflow/serving/predict"
 
 # Attributes of the saved tf.Module.
 ATTR_EXTRACTOR = "extractor"

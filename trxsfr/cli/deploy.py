@@ -31,13 +31,17 @@ def add_serve_parser(sub) -> None:
 
     p = sub.add_parser(
         "serve", formatter_class=Formatter,
-        help="Serve a model base directory over TensorFlow Serving's REST API, with an upload page.",
+        help="Serve a model base directory over TensorFlow Serving's REST (and gRPC) API, with an "
+             "upload page.",
         description=(
             "Serves the highest numbered version under --model_base_path at\n"
-            "/v1/models/NAME (status), /v1/models/NAME/metadata and /v1/models/NAME:predict\n"
-            "(TF Serving's row and columnar JSON formats, {\"b64\": ...} for image bytes),\n"
-            "batches concurrent requests, and swaps to a new version without a restart.\n"
-            "GET / is a page to upload a picture; GET /healthz is for load balancers."
+            "/v1/models/NAME (status), /v1/models/NAME/metadata, /v1/models/NAME:predict\n"
+            "(TF Serving's row and columnar JSON formats, {\"b64\": ...} for image bytes) and\n"
+            "/v1/models/NAME:classify (tf.Example features, the image under \"image/encoded\");\n"
+            "with --grpc_port, also TF Serving's gRPC API (Predict, Classify, GetModelMetadata,\n"
+            "GetModelStatus). Batches concurrent requests of both, and swaps to a new version\n"
+            "without a restart. GET / is a page to upload a picture; GET /healthz is for load\n"
+            "balancers; GET /monitoring/prometheus/metrics is for Prometheus."
         ),
     )
     g = p.add_argument_group("Model")
@@ -57,6 +61,10 @@ def add_serve_parser(sub) -> None:
                         "to accept other machines (there is no authentication).")
     g.add_argument("--port", type=int, default=d.port,
                    help="TCP port (TF Serving's REST port is 8501); 0 picks a free one, printed on start.")
+    g.add_argument("--grpc_port", type=int, default=d.grpc_port,
+                   help="Also serve TF Serving's gRPC API on this port, on the same --host (TF "
+                        "Serving's gRPC port is 8500); 0 picks a free one, printed on start. "
+                        "Unset: no gRPC.")
     g = p.add_argument_group("Batching")
     g.add_argument("--max_batch_size", type=int, default=d.max_batch_size,
                    help="Most images in one forward pass over concurrent requests.")
@@ -108,7 +116,7 @@ def run_serve(args) -> int:
 
     config = ServeConfig(
         model_base_path=args.model_base_path, model_name=args.model_name, host=args.host,
-        port=args.port, max_batch_size=args.max_batch_size,
+        port=args.port, grpc_port=args.grpc_port, max_batch_size=args.max_batch_size,
         batch_timeout_micros=args.batch_timeout_micros, max_body_bytes=args.max_body_bytes,
         max_images_per_request=args.max_images_per_request,
         max_image_pixels=args.max_image_pixels, poll_seconds=args.file_system_poll_wait_seconds,
@@ -119,10 +127,11 @@ def run_serve(args) -> int:
         body_timeout_seconds=args.body_timeout_seconds,
     )
 
-    def ready(url: str, version: int) -> None:
-        # The one stdout line: scripts read the address from it (useful with --port 0).
+    def ready(url: str, version: int, grpc_address) -> None:
+        # The one stdout line: scripts read the addresses from it (useful with --port 0).
+        grpc = f"; gRPC at {grpc_address}" if grpc_address else ""
         out(f"serving model {config.model_name} version {version} at {url}/v1/models/"
-             f"{config.model_name} (upload page: {url}/)")
+             f"{config.model_name} (upload page: {url}/){grpc}")
 
     serve(config, on_ready=ready)  # checks the settings first
     return EXIT_OK

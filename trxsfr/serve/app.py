@@ -7,6 +7,9 @@ error shape (`{"error": "..."}`):
     GET  /v1/models/NAME[/versions/V | /labels/L]/metadata    signature defs
     POST /v1/models/NAME[/versions/V | /labels/L]:predict     row ("instances") or
                                                                columnar ("inputs") format
+    POST /v1/models/NAME[/versions/V | /labels/L]:classify    "examples" (tf.Example
+                                                               features) -> "results"
+    GET  /monitoring/prometheus/metrics                       Prometheus' text format
 Plus `GET /` (a page to upload a picture, `page.html`) and `GET /healthz`. Any other
 path, or a method a route does not take, gets TF Serving's words for a request it
 cannot route, `{"error": "Malformed request: GET /v1/x"}`: with a 400 under `/v1/`, as
@@ -36,7 +39,8 @@ How a request flows:
    and warmed up aside, then swapped in; requests in flight finish on the old one.
 
 `serve(config, on_ready)` checks the settings, loads the highest working
-version, binds the socket and runs uvicorn until SIGINT/SIGTERM.
+version, binds the socket, starts the gRPC server (`grpc.py`) on the same event
+loop if `grpc_port` is set, and runs uvicorn until SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -60,8 +64,18 @@ from trxsfr.base.contract import (
     is_version_dir,
 )
 from trxsfr.base.errors import InputError, ModelError
+from trxsfr.serve import api
 from trxsfr.serve.batcher import Batcher
-from trxsfr.serve.rest import BadRequest, format_response, parse_request
+from trxsfr.serve.metrics import REST, Metrics
+from trxsfr.serve.rest import (
+    LIMIT,
+    BadRequest,
+    format_classify_response,
+    format_response,
+    parse_classify_request,
+    parse_request,
+    signature_outputs,
+)
 from trxsfr.serve.versions import LoadedVersion, Snapshot, VersionWatcher
 
 log = logging.getLogger(__name__)
@@ -76,17 +90,53 @@ _ROUTE = re.compile(
 )
 
 
+_VERBS = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
+# Seconds the gRPC server gives calls in flight to finish when the server stops.
+GRPC_GRACE_SECONDS = 5.0
+
+
 class Server:
-    """The Starlette app around a VersionWatcher and a Batcher."""
+    """The Starlette app around a VersionWatcher and a Batcher (which the gRPC servicers
+    share), and the metrics of both."""
 
     def __init__(self, config: ServeConfig, watcher: VersionWatcher):
         self.config = config
         self.watcher = watcher
+        self.metrics = Metrics(config.model_name, lambda: self.watcher.snapshot)
         self.batcher = Batcher(config.max_batch_size, config.batch_timeout_micros / 1e6,
-                               config.num_batch_threads)
+                               config.num_batch_threads, on_batch=self.metrics.batch)
         self._parse_pool = ThreadPoolExecutor(config.parse_threads, thread_name_prefix="trxsfr-parse")
         self._page = _read_page()
+        self.grpc_server = None  # set by serve() when gRPC is on; stopped by stop()
+        self._state = "new"
         self.app = self._build_app()
+
+    async def start(self) -> None:
+        """Start the batcher and the version watcher (once; later calls do nothing)."""
+        if self._state == "new":
+            self._state = "started"
+            self.batcher.start()
+            self.watcher.start()
+
+    async def stop(self) -> None:
+        """Let gRPC calls in flight finish, then stop everything (once)."""
+        if self._state != "started":
+            return
+        self._state = "stopped"
+        try:
+            if self.grpc_server is not None:
+                await self.grpc_server.stop(GRPC_GRACE_SECONDS)
+        finally:
+            self.watcher.stop()
+            await self.batcher.stop()
+            self._parse_pool.shutdown(wait=False)
+
+    async def parse(self, fn, *args):
+        """`fn(*args)` on the parse threads, counted as arriving by the batcher (its batch
+        waits for it): how REST and gRPC requests read and check their images."""
+        loop = asyncio.get_running_loop()
+        with self.batcher.arrival():
+            return await loop.run_in_executor(self._parse_pool, fn, *args)
 
     def _build_app(self):
         from contextlib import asynccontextmanager
@@ -97,18 +147,16 @@ class Server:
 
         @asynccontextmanager
         async def lifespan(app):
-            self.batcher.start()
-            self.watcher.start()
+            await self.start()
             try:
                 yield
             finally:
-                self.watcher.stop()
-                await self.batcher.stop()
-                self._parse_pool.shutdown(wait=False)
+                await self.stop()
 
         return Starlette(routes=[
             Route("/", self.page, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/monitoring/prometheus/metrics", self.prometheus, methods=["GET"]),
             Route("/v1/{rest:path}", self.v1, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         ], lifespan=lifespan, exception_handlers={HTTPException: self.unrouted})
 
@@ -134,7 +182,7 @@ class Server:
         if declared is not None and int(declared) > limit:
             too_big = f"the request body has {int(declared):,} bytes; the limit is {limit:,}"
             if int(declared) > 4 * limit:
-                raise BadRequest(too_big)
+                raise BadRequest(too_big, code=LIMIT)
         chunks, total = [], 0
         async for chunk in request.stream():
             total += len(chunk)
@@ -146,34 +194,15 @@ class Server:
             elif too_big is None:
                 chunks.append(chunk)
         if too_big:
-            raise BadRequest(too_big)
+            raise BadRequest(too_big, code=LIMIT)
         return b"".join(chunks)
 
     def _select(self, snap: Snapshot, name: str, version: Optional[str],
                 label: Optional[str]) -> LoadedVersion:
-        if name != self.config.model_name:
-            raise BadRequest(f"Servable not found for request: Latest({name}); this server "
-                             f"serves model \"{self.config.model_name}\"", 404)
-        if version is not None:
-            if not version.isdigit():
-                raise BadRequest(f"version \"{version}\" is not a number")
-            lv = snap.by_version.get(int(version))
-            if lv is None:
-                served = ", ".join(str(v) for v in sorted(snap.by_version)) or "none"
-                raise BadRequest(f"Servable not found for request: Specific({name}, {version}) "
-                                 f"(versions served: {served})", 404)
-            return lv
-        if label is not None:
-            if label not in self.watcher.version_labels:
-                raise BadRequest(f"Unrecognized servable version label: {label}", 404)
-            lv = snap.by_version.get(self.watcher.version_labels[label])
-            if lv is None:
-                raise BadRequest(f"version label {label} points at version "
-                                 f"{self.watcher.version_labels[label]}, which is not loaded", 404)
-            return lv
-        if snap.latest is None:
-            raise BadRequest(f"Servable not found for request: Latest({name})", 404)
-        return snap.latest
+        if version is not None and not version.isdigit():
+            raise BadRequest(f"version \"{version}\" is not a number")
+        return api.select(snap, self.watcher.version_labels, self.config.model_name, name,
+                          None if version is None else int(version), label)
 
     @staticmethod
     def _status(lvs: list) -> dict:
@@ -185,11 +214,22 @@ class Server:
     # -- endpoints
 
     async def v1(self, request):
+        """Every /v1/ path: counted by API (unless unrouted) in the metrics."""
+        match = _ROUTE.match(request.url.path)
+        verb = match and match["verb"]
+        if match is None or (verb is not None and verb not in _VERBS):
+            return await self._v1(request, match, None)
+        api_name = (_VERBS[verb] if verb else
+                    "GetModelMetadata" if match["metadata"] else "GetModelStatus")
+        with self.metrics.request(api_name, REST) as outcome:
+            return await self._v1(request, match, outcome)
+
+    async def _v1(self, request, match, outcome):
         from starlette.requests import ClientDisconnect
         from starlette.responses import JSONResponse
 
+        status = "INTERNAL"
         try:
-            match = _ROUTE.match(request.url.path)
             if not match:
                 raise BadRequest(f"Malformed request: {request.method} {request.url.path}")
             name, version, label = match["name"], match["version"], match["label"]
@@ -199,6 +239,7 @@ class Server:
                 if request.method != "GET":
                     raise BadRequest(f"{request.method} {request.url.path}: use GET here "
                                      f"(POST is for .../NAME:predict)", 405)
+                status = "OK"
                 if metadata:
                     lv = self._select(snap, name, version, label)
                     return JSONResponse({
@@ -211,30 +252,43 @@ class Server:
                     self._select(snap, name, None, None)
                     return JSONResponse(self._status(list(snap.by_version.values())))
                 return JSONResponse(self._status([self._select(snap, name, version, label)]))
-            if verb != "predict":
-                if verb in ("classify", "regress"):
-                    raise BadRequest(f"this model has no {verb} signature; use :predict "
-                                     f"(signatures \"{SIGNATURE_BYTES}\", \"{SIGNATURE_IMAGES}\")")
+            if verb not in _VERBS:
                 raise BadRequest(f"Malformed request: {request.method} {request.url.path}")
             if request.method != "POST":
-                raise BadRequest(f"{request.method} {request.url.path}: :predict takes POST "
+                raise BadRequest(f"{request.method} {request.url.path}: :{verb} takes POST "
                                  f"with a JSON body", 405)
             lv = self._select(snap, name, version, label)
+            if verb == "regress":
+                raise BadRequest(f"this model has no regress signature; use :predict "
+                                 f"(signatures \"{SIGNATURE_BYTES}\", \"{SIGNATURE_IMAGES}\") "
+                                 f"or :classify")
             body = await self._body(request)
-            loop = asyncio.get_running_loop()
-            with self.batcher.arrival():
-                parsed = await loop.run_in_executor(self._parse_pool, parse_request, body, lv,
-                                                    self.config)
-            probs = await self.batcher.predict(lv, parsed.images)
-            return JSONResponse(format_response(probs, lv.labels, parsed.row_format,
-                                                lv.classifier.info.unknown_threshold))
+            if verb == "classify":
+                parsed = await self.parse(parse_classify_request, body, self.config)
+                api.classification_signature(lv, parsed.signature)
+                probs = await self.batcher.predict(lv, parsed.images)
+                answer = format_classify_response(probs, lv.labels)
+            else:
+                parsed = await self.parse(parse_request, body, lv, self.config)
+                probs = await self.batcher.predict(lv, parsed.images)
+                answer = signature_outputs(
+                    format_response(probs, lv.labels, parsed.row_format,
+                                    lv.classifier.info.unknown_threshold),
+                    lv, parsed.signature)
+            status = "OK"
+            return JSONResponse(answer)
         except BadRequest as e:
+            status = e.code
             return self._error(str(e), e.status)
         except ClientDisconnect:  # the connection logged it; nobody is left to answer
+            status = "CANCELLED"
             return self._error("client disconnected", 499)
         except Exception as e:
             log.exception("internal error on %s %s", request.method, request.url.path)
             return self._error(f"internal error: {type(e).__name__}: {e}", 500)
+        finally:
+            if outcome is not None:
+                outcome.status = status
 
     async def unrouted(self, request, exc):
         """What Starlette's router refuses (a path no route takes, a method a route does not
@@ -257,6 +311,13 @@ class Server:
         return JSONResponse({"status": "ok", "model": self.config.model_name,
                              "version": str(latest.version), "labels": latest.labels,
                              "batches": self.batcher.batches, "images": self.batcher.images})
+
+    async def prometheus(self, request):
+        from starlette.responses import Response
+
+        from trxsfr.serve.metrics import CONTENT_TYPE
+
+        return Response(self.metrics.page(), headers={"Content-Type": CONTENT_TYPE})
 
     async def page(self, request):
         from starlette.responses import HTMLResponse
@@ -291,11 +352,12 @@ def serve(config: ServeConfig, on_ready=None) -> None:
 
     Args:
         config: the settings.
-        on_ready: called with (url, version) once the socket listens and a model is loaded.
+        on_ready: called with (url, version, grpc_address) once the sockets listen and a
+            model is loaded; grpc_address ("host:port") is None when gRPC is off.
 
     Raises:
         ModelError: the base dir does not exist or holds no working version.
-        InputError: bad settings, or the address cannot be bound.
+        InputError: bad settings, or an address cannot be bound.
     """
     import uvicorn
 
@@ -318,7 +380,15 @@ def serve(config: ServeConfig, on_ready=None) -> None:
             log.warning("version label %s: version %d is not loaded", label, version)
     sock = _bind(config.host, config.port)
     host, port = sock.getsockname()[:2]
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    url = f"http://{_host_port(host, port)}"
+    if config.grpc_port:
+        from trxsfr.serve import grpc as grpc_api
+
+        try:
+            grpc_api.check_free(config.host, config.grpc_port)
+        except InputError:
+            sock.close()
+            raise
     server = Server(config, watcher)
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # logs never go to stdout
@@ -327,12 +397,56 @@ def serve(config: ServeConfig, on_ready=None) -> None:
         access_log=config.access_log, log_config=log_config, timeout_keep_alive=30,
         lifespan="on", http=guarded_protocol(config),
     ))
-    if on_ready is not None:
-        on_ready(url, watcher.snapshot.latest.version)
-    else:
-        log.info("serving model %s version %d at %s/v1/models/%s", config.model_name,
-                 watcher.snapshot.latest.version, url, config.model_name)
+
+    async def main():
+        await server.start()
+        try:
+            grpc_address = None
+            if config.grpc_port is not None:
+                from trxsfr.serve import grpc as grpc_api
+
+                server.grpc_server, grpc_port = await grpc_api.start(server, config.host,
+                                                                     config.grpc_port)
+                grpc_address = _host_port(host, grpc_port)
+            version = watcher.snapshot.latest.version
+            if on_ready is not None:
+                on_ready(url, version, grpc_address)
+            else:
+                log.info("serving model %s version %d at %s/v1/models/%s%s", config.model_name,
+                         version, url, config.model_name,
+                         f" and over gRPC at {grpc_address}" if grpc_address else "")
+            await uv.serve(sockets=[sock])  # its shutdown stops the server (the lifespan)
+        finally:
+            await server.stop()
+
     try:
-        uv.run(sockets=[sock])
+        _run_loop(main(), uv.config)
     finally:
         sock.close()
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _run_loop(main, uv_config) -> None:
+    """Run `main` on the event loop uvicorn would pick (uvloop when installed): the HTTP
+    and gRPC servers share it. uvicorn.Server.run does the same for its server alone."""
+    if not hasattr(uv_config, "get_loop_factory"):  # uvicorn < 0.36
+        uv_config.setup_event_loop()  # sets uvloop's event loop policy
+        asyncio.run(main)
+        return
+    factory = uv_config.get_loop_factory()
+    if factory is None:
+        asyncio.run(main)
+    elif hasattr(asyncio, "Runner"):  # Python >= 3.11
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main)
+    else:
+        loop = factory()
+        try:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(main)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()

@@ -1,7 +1,7 @@
 """Batching of concurrent requests into shared forward passes (TF Serving's batching, in asyncio).
 
-Requests hand their images to `Batcher.predict` on the event loop; the batcher
-queues them, forms batches of one model version and one kind of input, runs
+Requests, REST and gRPC alike, hand their images to `Batcher.predict` on the event
+loop; the batcher queues them, forms batches of one model version and one kind of input, runs
 each batch on a TensorFlow worker thread (`LoadedVersion.predict_batch`) and
 answers every request with its own rows, or its own error.
 """
@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -53,8 +53,11 @@ class Batcher:
     leaves a core idle between and inside its ops.
     """
 
-    def __init__(self, max_batch_size: int, batch_timeout: float, num_batch_threads: int = 2):
+    def __init__(self, max_batch_size: int, batch_timeout: float, num_batch_threads: int = 2,
+                 on_batch: Optional[Callable[[int], None]] = None):
+        """`on_batch(images)` is called on the event loop after each forward pass."""
         self.max_batch_size = max_batch_size
+        self.on_batch = on_batch
         self.batch_timeout = batch_timeout
         self.num_batch_threads = num_batch_threads
         self._queue: collections.deque[_Item] = collections.deque()
@@ -165,6 +168,8 @@ class Batcher:
             self._last_batch = count
             self.batches += 1
             self.images += count
+            if self.on_batch is not None:
+                self.on_batch(count)
         finally:
             self._free_since = time.monotonic()
             self._free.release()

@@ -9,6 +9,10 @@ decoding it. `format_response` turns probabilities into TF Serving's
 "predictions" or "outputs". Anything wrong is a `BadRequest` whose message is
 the `{"error": ...}` the client gets. JSON nested deeper than `MAX_JSON_DEPTH` is
 refused before it is decoded, an integer of more than `MAX_INT_DIGITS` digits as it is.
+
+`parse_classify_request` reads a `:classify` body (`"examples"`, optional
+`"context"`: features as TF Serving's REST API takes them, the encoded image under
+`FEATURE_IMAGE`) and `format_classify_response` writes its `"results"`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import numpy as np
 
 from trxsfr.base.config import ServeConfig
 from trxsfr.base.contract import (
+    FEATURE_IMAGE,
     INPUT_BYTES,
+    INPUT_EXAMPLES,
     INPUT_IMAGES,
     OUTPUT_CLASS_IDS,
     OUTPUT_CLASSES,
@@ -33,6 +39,7 @@ from trxsfr.base.contract import (
     OUTPUT_SCORES,
     OUTPUT_UNKNOWN,
     SIGNATURE_BYTES,
+    SIGNATURE_CLASSIFY,
     SIGNATURE_IMAGES,
     is_unknown,
 )
@@ -53,12 +60,26 @@ MAX_JSON_DEPTH = 64
 MAX_INT_DIGITS = 100
 
 
-class BadRequest(Exception):
-    """The client sent something we cannot serve: HTTP 400 (or `status`) with this message."""
+# TF Serving's status code for each HTTP status it answers (its http_server.cc, reversed).
+_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "UNIMPLEMENTED",
+          408: "DEADLINE_EXCEEDED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED",
+          500: "INTERNAL", 503: "UNAVAILABLE"}
+# A configured limit (images per request, pixels, message size): the gRPC status of a
+# request over one. REST keeps answering those with a 400.
+LIMIT = "RESOURCE_EXHAUSTED"
 
-    def __init__(self, message: str, status: int = 400):
+
+class BadRequest(Exception):
+    """The client sent something we cannot serve: HTTP 400 (or `status`) with this message.
+
+    `code` is the gRPC status (a `grpc.StatusCode` name) TF Serving gives the same error;
+    by default the one its REST API maps to `status`.
+    """
+
+    def __init__(self, message: str, status: int = 400, code: str = ""):
         super().__init__(message)
         self.status = status
+        self.code = code or _CODES.get(status, "INVALID_ARGUMENT")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,9 +129,13 @@ def parse_request(body: bytes, lv: LoadedVersion, config: ServeConfig) -> Parsed
         raise BadRequest(f"the request body must be a JSON object with \"instances\" or \"inputs\", "
                          f"got {_describe(doc)}")
     signature = doc.get("signature_name") or SIGNATURE_BYTES
-    if signature not in (SIGNATURE_BYTES, SIGNATURE_IMAGES):
+    inputs = {SIGNATURE_BYTES: INPUT_BYTES, SIGNATURE_IMAGES: INPUT_IMAGES}
+    if SIGNATURE_CLASSIFY in lv.signature_defs:  # serialized tf.Example, as {"b64": ...}
+        inputs[SIGNATURE_CLASSIFY] = INPUT_EXAMPLES
+    if signature not in inputs:
+        names = ", ".join(json.dumps(n) for n in inputs)
         raise BadRequest(f"Serving signature name: \"{signature}\" not found in signature def "
-                         f"(this model has \"{SIGNATURE_BYTES}\" and \"{SIGNATURE_IMAGES}\")")
+                         f"(this model has {names})")
     unknown = set(doc) - {"signature_name", "instances", "inputs"}
     if unknown:
         raise BadRequest(f"unknown key(s) {', '.join(sorted(map(repr, unknown)))} in the request; "
@@ -118,7 +143,7 @@ def parse_request(body: bytes, lv: LoadedVersion, config: ServeConfig) -> Parsed
     if ("instances" in doc) == ("inputs" in doc):
         raise BadRequest("the request must have exactly one of \"instances\" (row format) "
                          "or \"inputs\" (columnar format)")
-    input_name = INPUT_BYTES if signature == SIGNATURE_BYTES else INPUT_IMAGES
+    input_name = inputs[signature]
     row = "instances" in doc
     if row:
         values = doc["instances"]
@@ -132,16 +157,37 @@ def parse_request(body: bytes, lv: LoadedVersion, config: ServeConfig) -> Parsed
         if not isinstance(values, list):
             raise BadRequest(f"\"inputs\" must hold a list of images for input \"{input_name}\", "
                              f"got {_describe(values)}")
-    if not values:
-        raise BadRequest("the request holds no images")
-    if len(values) > config.max_images_per_request:
-        raise BadRequest(f"the request holds {len(values)} images; at most "
-                         f"{config.max_images_per_request} are allowed per request")
+    check_image_count(len(values), config)
     if signature == SIGNATURE_BYTES:
-        images = [_checked(_b64(v, f"image {i}"), config, f"image {i}") for i, v in enumerate(values)]
+        images = [checked_image(_b64(v, f"image {i}"), config, f"image {i}")
+                  for i, v in enumerate(values)]
+    elif signature == SIGNATURE_CLASSIFY:
+        images = serialized_example_images([_b64(v, f"example {i}") for i, v in enumerate(values)],
+                                           config)
     else:
         images = _float_images(values, lv.image_size)
     return ParsedRequest(signature, row, images)
+
+
+def signature_outputs(answer: dict, lv: LoadedVersion, signature: str) -> dict:
+    """`format_response`'s answer with only the outputs `signature` declares (the classify
+    signature has two)."""
+    declared = lv.signature_defs.get(signature, {}).get("outputs")
+    if not declared:
+        return answer
+    if "predictions" in answer:
+        return {"predictions": [{k: v for k, v in row.items() if k in declared}
+                                for row in answer["predictions"]]}
+    return {"outputs": {k: v for k, v in answer["outputs"].items() if k in declared}}
+
+
+def check_image_count(count: int, config: ServeConfig) -> None:
+    """BadRequest unless 1 <= count <= max_images_per_request."""
+    if not count:
+        raise BadRequest("the request holds no images")
+    if count > config.max_images_per_request:
+        raise BadRequest(f"the request holds {count} images; at most "
+                         f"{config.max_images_per_request} are allowed per request", code=LIMIT)
 
 
 def load_json(body: bytes) -> Any:
@@ -215,7 +261,7 @@ def _unwrap_named(value: Any, input_name: str, signature: str, where: str) -> An
     return value
 
 
-def _checked(data: bytes, config: ServeConfig, where: str) -> Encoded:
+def checked_image(data: bytes, config: ServeConfig, where: str) -> Encoded:
     """Encoded image bytes whose header names a supported format within the pixel limit."""
     from PIL import Image, UnidentifiedImageError
 
@@ -231,7 +277,7 @@ def _checked(data: bytes, config: ServeConfig, where: str) -> Encoded:
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
         if isinstance(e, Image.DecompressionBombError):
             raise BadRequest(f"{where}: the image has too many pixels (limit "
-                             f"{config.max_image_pixels:,})") from e
+                             f"{config.max_image_pixels:,})", code=LIMIT) from e
         raise BadRequest(f"{where}: not a {FORMAT_NAMES} image") from e
     if fmt not in DECODABLE_FORMATS:
         raise BadRequest(f"{where}: {fmt} images are not supported; send {FORMAT_NAMES}")
@@ -239,7 +285,7 @@ def _checked(data: bytes, config: ServeConfig, where: str) -> Encoded:
         raise BadRequest(f"{where}: animated WebP is not supported; send a still image")
     if width * height > config.max_image_pixels:
         raise BadRequest(f"{where}: the image has {width}x{height} = {width * height:,} pixels; "
-                         f"the limit is {config.max_image_pixels:,}")
+                         f"the limit is {config.max_image_pixels:,}", code=LIMIT)
     return Encoded(data, where, fmt)
 
 
@@ -250,6 +296,12 @@ def _float_images(values: list, size: tuple[int, int]) -> np.ndarray:
             images = np.asarray(values, dtype=np.float32)
     except (ValueError, TypeError) as e:
         raise BadRequest(f"input \"{INPUT_IMAGES}\" must be numbers shaped [N, {h}, {w}, 3]: {e}") from e
+    return checked_float_images(images, size)
+
+
+def checked_float_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float32 [N, H, W, 3] in [0, 1], finite, or BadRequest."""
+    h, w = size
     if images.shape[1:] != (h, w, 3):
         raise BadRequest(f"input \"{INPUT_IMAGES}\" must be shaped [N, {h}, {w}, 3]; "
                          f"got {list(images.shape)}")
@@ -285,3 +337,129 @@ def format_response(probs: np.ndarray, labels: list[str], row_format: bool,
         return {"predictions": [{name: values[i] for name, values in out.items()}
                                 for i in range(len(probs))]}
     return {"outputs": out}
+
+
+# ---------------------------------------------------------------- :classify
+
+
+@dataclasses.dataclass
+class ParsedClassify:
+    signature: str  # as the client named it; "" for the default
+    images: list  # one `Encoded` per example
+
+
+def parse_classify_request(body: bytes, config: ServeConfig) -> ParsedClassify:
+    """A TF Serving :classify body -> the encoded image of each example, headers checked.
+
+    TF Serving turns each example (and the optional "context", features shared by all
+    examples) into a tf.Example: a `{"b64": ...}` or a string is a bytes feature, a
+    number a float or int64 one, a list several values. Each example must hold one
+    encoded image under `FEATURE_IMAGE`; other features are ignored, as the model's
+    tf.io.parse_example ignores them.
+
+    Raises:
+        BadRequest: anything wrong with the body, its examples, or the limits.
+    """
+    doc = load_json(body)
+    if not isinstance(doc, dict):
+        raise BadRequest(f"the request body must be a JSON object with \"examples\", "
+                         f"got {_describe(doc)}")
+    unknown = set(doc) - {"signature_name", "context", "examples"}
+    if unknown:
+        raise BadRequest(f"unknown key(s) {', '.join(sorted(map(repr, unknown)))} in the request; "
+                         f"expected \"signature_name\", \"context\" and \"examples\"")
+    signature = doc.get("signature_name") or ""
+    if not isinstance(signature, str):
+        raise BadRequest(f"\"signature_name\" must be a string, got {_describe(signature)}")
+    if "examples" not in doc:
+        raise BadRequest("When method is classify, key 'examples' is expected and was not found")
+    examples = doc["examples"]
+    if not isinstance(examples, list):
+        raise BadRequest(f"Expecting 'examples' value to be an list/array, got "
+                         f"{_describe(examples)}")
+    if not examples:
+        raise BadRequest("'examples' value is an empty array")
+    context = doc.get("context", {})
+    if not isinstance(context, dict):
+        raise BadRequest(f"Example must be JSON object but got JSON {_describe(context)} "
+                         f"(\"context\")")
+    check_image_count(len(examples), config)
+    images = []
+    for i, example in enumerate(examples):
+        if not isinstance(example, dict):
+            raise BadRequest(f"Example must be JSON object but got JSON {_describe(example)} "
+                             f"(example {i})")
+        value = example[FEATURE_IMAGE] if FEATURE_IMAGE in example else context.get(FEATURE_IMAGE)
+        images.append(checked_image(_feature_bytes(value, f"example {i}"), config, f"example {i}"))
+    return ParsedClassify(signature, images)
+
+
+def _feature_bytes(value: Any, where: str) -> bytes:
+    """The one bytes value of a JSON feature, as TF Serving would make a tf.Example of it."""
+    if value is None:
+        raise BadRequest(f"{where}: feature \"{FEATURE_IMAGE}\" (data type: string) is required "
+                         f"but could not be found; send the encoded image as "
+                         f"{{\"{FEATURE_IMAGE}\": {{\"b64\": \"<base64 string>\"}}}}")
+    values = value if isinstance(value, list) else [value]
+    if len(values) != 1:
+        raise BadRequest(f"{where}: feature \"{FEATURE_IMAGE}\" must hold one encoded image; "
+                         f"got {len(values)} values")
+    value = values[0]
+    if isinstance(value, str):
+        return value.encode("utf-8")  # TF Serving keeps a JSON string as its bytes
+    if isinstance(value, dict):
+        return _b64(value, f"{where}: feature \"{FEATURE_IMAGE}\"")
+    raise BadRequest(f"{where}: feature \"{FEATURE_IMAGE}\" must be bytes "
+                     f"({{\"b64\": \"<base64 string>\"}}), got {_describe(value)}")
+
+
+def classifications(probs: np.ndarray, labels: list[str]) -> list[list[tuple[str, float]]]:
+    """probabilities float32 [N, C] -> per example, (label, score) pairs best first: the
+    "classes" and "scores" outputs of the classify signature, side by side."""
+    out = format_response(probs, labels, row_format=False)["outputs"]
+    return [list(zip(classes, scores))
+            for classes, scores in zip(out[OUTPUT_CLASSES], out[OUTPUT_SCORES])]
+
+
+def format_classify_response(probs: np.ndarray, labels: list[str]) -> dict:
+    """probabilities float32 [N, C] -> TF Serving's :classify answer,
+    `{"results": [[[label, score], ...], ...]}`, best first."""
+    return {"results": [[[label, score] for label, score in row]
+                        for row in classifications(probs, labels)]}
+
+
+# ---------------------------------------------------------------- tf.Example (classify)
+
+
+def example_image(example, context, where: str, config: ServeConfig) -> Encoded:
+    """The encoded image of one `tf.Example` (or of the context shared by all), checked:
+    the one value of its bytes feature `FEATURE_IMAGE`. TF Serving serializes the
+    context before each example, so an example's own feature wins."""
+    feature = example.features.feature.get(FEATURE_IMAGE)
+    if feature is None and context is not None:
+        feature = context.features.feature.get(FEATURE_IMAGE)
+    if feature is None:
+        raise BadRequest(f"{where}: feature \"{FEATURE_IMAGE}\" (data type: string) is required "
+                         f"but could not be found")
+    kind = feature.WhichOneof("kind")
+    if kind != "bytes_list" or len(feature.bytes_list.value) != 1:
+        got = f"a {kind} of {len(getattr(feature, kind).value)}" if kind else "no value"
+        raise BadRequest(f"{where}: feature \"{FEATURE_IMAGE}\" must be a bytes_list holding one "
+                         f"encoded image; got {got}")
+    return checked_image(feature.bytes_list.value[0], config, where)
+
+
+def serialized_example_images(values: list, config: ServeConfig) -> list[Encoded]:
+    """Serialized `tf.Example`s (the classify signature's input) -> their encoded images."""
+    from tensorflow.core.example import example_pb2
+
+    images = []
+    for i, data in enumerate(values):
+        example = example_pb2.Example()
+        try:
+            example.ParseFromString(data)
+        except Exception as e:  # protobuf's DecodeError, whatever the backend
+            raise BadRequest(f"Could not parse example input, value: example {i} "
+                             f"({len(data):,} bytes)") from e
+        images.append(example_image(example, None, f"example {i}", config))
+    return images

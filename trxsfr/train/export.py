@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def build_module(extractor, weights: np.ndarray, bias: np.ndarray, labels: Sequence[str],
                  asset_paths: Sequence[str], unknown_threshold: Optional[float] = None):
-    """A tf.Module: extractor + new layer, with both serving signatures as tf.functions.
+    """A tf.Module: extractor + new layer, with its serving signatures as tf.functions.
 
     Its attribute, input and output names are those `trxsfr.base.contract` states.
     With `unknown_threshold`, the module also holds it and the signatures output
@@ -71,7 +71,42 @@ def build_module(extractor, weights: np.ndarray, bias: np.ndarray, labels: Seque
             """Encoded JPEG/PNG/GIF/BMP/WebP bytes [N] -> as predict_images."""
             return self.predict_images(decode_batch(image_bytes, (height, width)))
 
+        @tf.function(input_signature=[
+            tf.TensorSpec([None], tf.string, name=contract.INPUT_EXAMPLES)])
+        def classify(self, inputs):
+            """Serialized tf.Example [N], each with one encoded image under
+            FEATURE_IMAGE -> ranked classes and scores, as predict_bytes."""
+            examples = tf.io.parse_example(
+                inputs, {contract.FEATURE_IMAGE: tf.io.FixedLenFeature([], tf.string)})
+            out = self.predict_bytes(examples[contract.FEATURE_IMAGE])
+            return {name: out[name] for name in contract.CLASSIFY_OUTPUTS}
+
     return ImageClassifier()
+
+
+def mark_classification_signature(version_dir: str) -> None:
+    """Give the classify signature TF Serving's classify method name in saved_model.pb.
+
+    tf.saved_model.save names every signature a predict one, and TF2 has no other way
+    to write a classification SignatureDef; tensorflow_model_server with
+    --enable_signature_method_name_check refuses Classify on any other. The
+    fingerprint, a hash of saved_model.pb among others, is written again after.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = os.path.join(version_dir, contract.SAVED_MODEL_FILE)
+    with open(path, "rb") as f:
+        saved = saved_model_pb2.SavedModel.FromString(f.read())
+    for graph in saved.meta_graphs:
+        if contract.SIGNATURE_CLASSIFY in graph.signature_def:
+            graph.signature_def[contract.SIGNATURE_CLASSIFY].method_name = contract.METHOD_CLASSIFY
+    with open(path, "wb") as f:
+        f.write(saved.SerializeToString())
+    try:
+        from tensorflow.python.saved_model import fingerprinting_utils
+    except ImportError:  # a TF without it loads the model all the same
+        return
+    fingerprinting_utils.write_fingerprint(version_dir)
 
 
 def check_base_dir(base_dir: str) -> None:
@@ -114,7 +149,9 @@ def save_versioned(extractor, weights, bias, labels: Sequence[str], info: ModelI
         tf.saved_model.save(module, staging, signatures={
             contract.SIGNATURE_BYTES: module.predict_bytes,
             contract.SIGNATURE_IMAGES: module.predict_images,
+            contract.SIGNATURE_CLASSIFY: module.classify,
         })
+        mark_classification_signature(staging)
         while True:
             version = contract.next_version(base_dir)
             target = os.path.join(base_dir, str(version))
