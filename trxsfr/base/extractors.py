@@ -10,6 +10,8 @@ import os
 import re
 from typing import Any, Callable, Optional
 
+import numpy as np
+
 from trxsfr.base.errors import ModuleError, first_line, saved_model_failure
 
 log = logging.getLogger(__name__)
@@ -95,9 +97,17 @@ class Extractor:
     fingerprint: str  # hex digest of the module's graph and variable files
     module: Any  # the object hub.load returned; tracked by the exported model
     fn: Callable  # images -> features
+    # What runs `fn`: "tf", or "litert-<digest of the .tflite>" (base/litert.for_extraction);
+    # bottleneck stores key their vectors by it.
+    runtime: str = "tf"
 
     def __call__(self, images):
         return self.fn(images)
+
+    def features(self, images) -> np.ndarray:
+        """float32 [N, dim] as a numpy array, whichever runtime computes it."""
+        out = self.fn(images)
+        return out if isinstance(out, np.ndarray) else out.numpy()
 
     @property
     def trainable_variables(self) -> list:
