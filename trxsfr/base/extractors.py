@@ -104,6 +104,13 @@ class Extractor:
     def __call__(self, images):
         return self.fn(images)
 
+    def reserve(self, streams: int) -> None:
+        """Make what `streams` forward passes at once need before a pipeline starts
+        (LiteRT's interpreters; see litert.InterpreterPool.reserve). Nothing for TF."""
+        reserve = getattr(self.fn, "reserve", None)
+        if reserve is not None:
+            reserve(streams)
+
     def features(self, images) -> np.ndarray:
         """float32 [N, dim] as a numpy array, whichever runtime computes it."""
         out = self.fn(images)

@@ -136,6 +136,8 @@ class ConvertedClassifier(Classifier):
                       on_progress: Optional[ProgressFn] = None,
                       max_pixels: int = MAX_IMAGE_PIXELS) -> Predictions:
         """As `Classifier.predict_paths`; the runtime is decided first, outside its seconds."""
-        if paths:
-            self.prepare(len(paths))
+        if paths and self.prepare(len(paths)):
+            from trxsfr.base import imaging
+
+            self._lite.forward.reserve(imaging.FORWARD_STREAMS)  # before the pipeline starts
         return super().predict_paths(paths, batch_size, on_progress, max_pixels)
