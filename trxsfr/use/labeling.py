@@ -92,6 +92,7 @@ class LabelRun:
     load_seconds: float
     inference_seconds: float
     evaluation: Optional[dict]  # metrics over entries with a truth
+    runtime: Optional[str] = None  # what ran the network (TensorFlow, LiteRT), as it says
 
     def ranked(self, i: int, top_k: int) -> list[tuple[str, float]]:
         order = np.argsort(-self.probabilities[i], kind="stable")[:top_k]
@@ -131,6 +132,7 @@ class LabelRun:
             "load_seconds": self.load_seconds,
             "inference_seconds": self.inference_seconds,
             "ms_per_image": self.per_image_ms,
+            "runtime": self.runtime,
             "evaluation": None,
         }
         if self.evaluation:
@@ -251,4 +253,5 @@ def run(predictor: Predictor, inputs: Sequence[str], batch_size: int = FORWARD_B
         probs = preds.probabilities[truth_rows]
         evaluation = metrics.metrics(true, probs.argmax(axis=1), clf.labels, probs)
     return LabelRun(clf.path, clf.labels, clf.info, kept, preds.probabilities, skipped,
-                       unknown, clf.load_seconds, preds.seconds, evaluation)
+                       unknown, clf.load_seconds, preds.seconds, evaluation,
+                       getattr(clf, "runtime", None))
