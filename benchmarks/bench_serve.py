@@ -13,10 +13,13 @@ Serving: `trxsfr serve` runs in a subprocess on a free loopback port (ready
 when its /healthz answers, which also gives its batch counters); this process
 sends one JPEG per request ({"b64": ...}, TF Serving's row format) from 1, 8
 and 32 keep-alive connections and reports requests/s and p50/p99 latency, beside the
-extractor's raw forward images/s at batch 1 and 32 measured in the same run
-(interleaved with the serving runs in rounds, so both see the same machine
-load; a shared machine's load changes by the minute). Targets
-(issue 5): concurrency 32 >= 0.8 x raw batch 32; concurrency 1 >= 0.7 x raw batch 1.
+extractor's raw forward images/s at batch 1 and 32 on both runtimes -- TensorFlow's
+executor and LiteRT's interpreter on its float32 conversion -- measured in the same run
+(interleaved with the serving runs in rounds, so all see the same machine
+load; a shared machine's load changes by the minute). The server runs at its
+default `--runtime auto` (`--runtime` here passes another). Targets (issue 23,
+against TensorFlow's raw rates): concurrency 32 >= 1.3 x raw batch 32;
+concurrency 1 >= 1.0 x raw batch 1.
 On Linux it also reads the server's CPU time from /proc and splits the
 concurrency-32 ratio into two factors: how many cores serving keeps busy
 against the raw forward pass, and the raw forward's CPU per image against
@@ -97,25 +100,38 @@ def setup(work: str, per_class: int, heldout_per_class: int, steps: int) -> dict
 
 
 class RawForward:
-    """The extractor alone on float32 [batch, size, size, 3] (no decode, no head), here."""
+    """The extractor alone on float32 [batch, size, size, 3] (no decode, no head), here:
+    `tf.saved_model.load(...)(images)`, or with `litert_dir` LiteRT's interpreter on its
+    float32 conversion (one interpreter, a thread per core; the conversion kept there)."""
 
-    def __init__(self, module_dir: str, image_size: int):
+    def __init__(self, module_dir: str, image_size: int, litert_dir: Optional[str] = None):
         import tensorflow as tf
 
         self._tf = tf
         self.module = tf.saved_model.load(module_dir)
         self.image_size = image_size
+        self.forward = lambda x: self.module(x).numpy()
+        self.on_litert = False
+        if litert_dir:
+            from trxsfr.base import extractors, imaging, litert
+
+            lite = litert.for_extraction(extractors.load(module_dir), "auto", litert_dir)
+            if lite.runtime != "tf":
+                pool = litert.InterpreterPool(lite.fn.model, imaging.usable_cores())
+                self.forward, self.on_litert = pool, True
 
     def measure(self, batch: int, seconds: float) -> tuple[float, float]:
         """(images/s from the median call, CPU ms per image over all timed calls)."""
-        images = self._tf.constant(np.random.default_rng(0).random(
-            (batch, self.image_size, self.image_size, 3), dtype=np.float32))
+        images = np.random.default_rng(0).random(
+            (batch, self.image_size, self.image_size, 3), dtype=np.float32)
+        if not self.on_litert:
+            images = self._tf.constant(images)
         for _ in range(2):
-            self.module(images).numpy()
+            self.forward(images)
         times, end, cpu_start = [], time.perf_counter() + seconds, time.process_time()
         while time.perf_counter() < end or len(times) < 3:
             start = time.perf_counter()
-            self.module(images).numpy()
+            self.forward(images)
             times.append(time.perf_counter() - start)
         cpu_ms = 1000 * (time.process_time() - cpu_start) / (batch * len(times))
         return batch / statistics.median(times), cpu_ms
@@ -138,14 +154,15 @@ class Served:
     host = "127.0.0.1"
     path = f"/v1/models/{MODEL_NAME}:predict"
 
-    def __init__(self, base: str, *flags, timeout: float = 300.0):
+    def __init__(self, base: str, *flags, timeout: float = 300.0, home: Optional[str] = None):
         self.port = free_port(self.host)
         self._stderr = tempfile.TemporaryFile()
+        env = dict(os.environ, TRXSFR_HOME=home) if home else None  # its LiteRT conversions
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trxsfr", "serve", "--model_base_path", base,
              "--model_name", MODEL_NAME, "--host", self.host, "--port", str(self.port),
              "--quiet", *flags],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr, env=env)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -282,9 +299,10 @@ def _merge(parts: list[dict]) -> dict:
 def bench_serving(paths: dict, seconds: float, rounds: int, server_flags: tuple = ()) -> dict:
     """Serving runs interleaved with raw forward runs, so both see the same machine load.
 
-    For each concurrency, `rounds` times: raw batch 1 and batch 32 for a third
-    of `seconds / rounds` each, then serving for `seconds / rounds`. Ratios
-    compare the sums over the rounds.
+    For each concurrency, `rounds` times: raw batch 1 and batch 32 on TensorFlow and on
+    LiteRT for a quarter of `seconds / rounds` each, then serving for `seconds / rounds`.
+    Ratios compare the means over the rounds. The server runs at its default `--runtime
+    auto` unless `server_flags` say otherwise; its conversion is made at start-up (not timed).
     """
     import base64
 
@@ -296,9 +314,11 @@ def bench_serving(paths: dict, seconds: float, rounds: int, server_flags: tuple 
         with open(f, "rb") as fh:
             bodies.append(json.dumps({"instances": [{"b64": base64.b64encode(fh.read()).decode()}]})
                           .encode())
+    work = paths.get("work") or tempfile.mkdtemp(prefix="trxsfr-bench-serve-")
     raw = RawForward(paths["module"], paths["image_size"])
-    raw_runs = {1: [], 32: []}
-    served = Served(paths["models"], *server_flags)
+    lite = RawForward(paths["module"], paths["image_size"], os.path.join(work, "litert"))
+    raw_runs, lite_runs = {1: [], 32: []}, {1: [], 32: []}
+    served = Served(paths["models"], *server_flags, home=os.path.join(work, "trxsfr_home"))
     served_version = served.ready.get("version")
     try:
         runs = []
@@ -308,7 +328,9 @@ def bench_serving(paths: dict, seconds: float, rounds: int, server_flags: tuple 
             parts = []
             for _ in range(rounds):
                 for b in (1, 32):
-                    raw_runs[b].append((c, *raw.measure(b, slice_s / 3)))
+                    raw_runs[b].append((c, *raw.measure(b, slice_s / 4)))
+                    if lite.on_litert:
+                        lite_runs[b].append((c, *lite.measure(b, slice_s / 4)))
                 parts.append(load_run(served, bodies, c, slice_s, warm=0.5))
             runs.append(_merge(parts))
     finally:
@@ -324,7 +346,18 @@ def bench_serving(paths: dict, seconds: float, rounds: int, server_flags: tuple 
               "cores": imaging.usable_cores(),
               "jpeg_bytes_mean": float(np.mean([os.path.getsize(f) for f in files])),
               "ratio_c1": runs[0]["requests_per_s"] / by_c[1][1],
-              "ratio_c32": runs[-1]["requests_per_s"] / by_c[32][32]}
+              "ratio_c32": runs[-1]["requests_per_s"] / by_c[32][32],
+              "server_runtime": _server_runtime(server_flags), "litert": None}
+    if lite.on_litert:
+        lite_by_c = {c: {b: float(np.mean([v for cc, v, _ in lite_runs[b] if cc == c]))
+                         for b in (1, 32)} for c in CONCURRENCY}
+        result["litert"] = {
+            "raw": {b: float(np.mean([v for _, v, _ in lite_runs[b]])) for b in (1, 32)},
+            "raw_by_concurrency": lite_by_c,
+            "raw_cpu_ms_per_image": {b: float(np.mean([ms for _, _, ms in lite_runs[b]]))
+                                     for b in (1, 32)},
+            "ratio_c1": runs[0]["requests_per_s"] / lite_by_c[1][1],
+            "ratio_c32": runs[-1]["requests_per_s"] / lite_by_c[32][32]}
     last = runs[-1]
     if last["server_cpu_ms_per_request"] is not None:
         # concurrency 32 / raw batch 32 = (cores serving keeps busy / cores the raw forward
@@ -339,8 +372,20 @@ def bench_serving(paths: dict, seconds: float, rounds: int, server_flags: tuple 
     return result
 
 
+def _server_runtime(flags: tuple) -> str:
+    """The --runtime the server was started with (serve's default: auto)."""
+    flags = list(flags)
+    return flags[flags.index("--runtime") + 1] if "--runtime" in flags else "auto"
+
+
+# Issue 23's targets, against TensorFlow's raw forward measured beside the serving runs.
+TARGET_C1, TARGET_C32 = 1.0, 1.3
+
+
 def report_serving(r: dict) -> list[str]:
-    lines = [f"Raw forward of the extractor, images/s (mean of the interleaved runs, min-max): "
+    lines = [f"Server --runtime {r['server_runtime']}.",
+             f"Raw forward of the extractor on TensorFlow, images/s (mean of the interleaved "
+             f"runs, min-max): "
              f"batch 1 {r['raw'][1]:.1f} ({r['raw_min'][1]:.1f}-{r['raw_max'][1]:.1f}), "
              f"batch 32 {r['raw'][32]:.1f} ({r['raw_min'][32]:.1f}-{r['raw_max'][32]:.1f})",
              f"Serving, one JPEG (mean {r['jpeg_bytes_mean'] / 1024:.1f} KiB) per request:",
@@ -351,10 +396,18 @@ def report_serving(r: dict) -> list[str]:
         lines.append(f"  {run['concurrency']:>11}  {run['requests_per_s']:>10.1f}  {run['p50_ms']:>6.1f}"
                      f"  {run['p99_ms']:>6.1f}  {run['requests']:>8}  {run['failures']:>8}"
                      f"  {run['mean_batch']:>10.1f}  {raw[1]:>6.1f} / {raw[32]:.1f}")
-    lines.append(f"Concurrency 1 / raw batch 1 = {r['ratio_c1']:.2f} (target >= 0.7: "
-                 f"{'met' if r['ratio_c1'] >= 0.7 else 'NOT met'})")
-    lines.append(f"Concurrency 32 / raw batch 32 = {r['ratio_c32']:.2f} (target >= 0.8: "
-                 f"{'met' if r['ratio_c32'] >= 0.8 else 'NOT met'})")
+    lite = r.get("litert")
+    if lite:
+        lines.insert(2, f"Raw forward of the extractor on LiteRT (one interpreter, a thread "
+                        f"per core), images/s: batch 1 {lite['raw'][1]:.1f}, batch 32 "
+                        f"{lite['raw'][32]:.1f}")
+    lines.append(f"Concurrency 1 / raw batch 1 = {r['ratio_c1']:.2f} (TensorFlow's raw; target "
+                 f">= {TARGET_C1}: {'met' if r['ratio_c1'] >= TARGET_C1 else 'NOT met'})")
+    lines.append(f"Concurrency 32 / raw batch 32 = {r['ratio_c32']:.2f} (TensorFlow's raw; "
+                 f"target >= {TARGET_C32}: {'met' if r['ratio_c32'] >= TARGET_C32 else 'NOT met'})")
+    if lite:
+        lines.append(f"Against LiteRT's raw forward beside them: concurrency 1 / batch 1 = "
+                     f"{lite['ratio_c1']:.2f}, concurrency 32 / batch 32 = {lite['ratio_c32']:.2f}")
     last = r["runs"][-1]
     if "c32_cpu_factor" in r:
         lines.append(
@@ -480,10 +533,12 @@ def main(argv: Optional[list] = None) -> int:
                    help="The server's --batch_timeout_micros (unset: serve's default).")
     p.add_argument("--num_batch_threads", type=int, default=None,
                    help="The server's --num_batch_threads (unset: serve's default).")
+    p.add_argument("--runtime", default=None, choices=("auto", "tf", "litert"),
+                   help="The server's --runtime (unset: serve's default, auto).")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     server_flags = tuple(str(x) for name in ("max_batch_size", "batch_timeout_micros",
-                                             "num_batch_threads")
+                                             "num_batch_threads", "runtime")
                          if getattr(args, name) is not None
                          for x in (f"--{name}", getattr(args, name)))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="bench: %(message)s")
