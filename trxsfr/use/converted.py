@@ -139,5 +139,7 @@ class ConvertedClassifier(Classifier):
         if paths and self.prepare(len(paths)):
             from trxsfr.base import imaging
 
-            self._lite.forward.reserve(imaging.FORWARD_STREAMS)  # before the pipeline starts
+            # Before the pipeline starts; as many as batches run at once (one image: one).
+            batches = -(-len(paths) // max(1, batch_size))
+            self._lite.forward.reserve(min(imaging.FORWARD_STREAMS, batches))
         return super().predict_paths(paths, batch_size, on_progress, max_pixels)
