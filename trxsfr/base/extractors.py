@@ -104,6 +104,13 @@ class Extractor:
     def __call__(self, images):
         return self.fn(images)
 
+    @property
+    def sharded(self) -> bool:
+        """Whether a forward pass spreads over threads that wait for each other, so that a
+        decode thread preempting one stalls it (TensorFlow's ops; a LiteRT interpreter with
+        more than one thread): then pipelines lower decoding's priority (`imaging.batches`)."""
+        return getattr(self.fn, "sharded", True)
+
     def reserve(self, streams: int) -> None:
         """Make what `streams` forward passes at once need before a pipeline starts
         (LiteRT's interpreters; see litert.InterpreterPool.reserve). Nothing for TF."""

@@ -204,6 +204,11 @@ class InterpreterPool:
         return [interpreter, inputs[0]["index"], outputs[0]["index"],
                 int(inputs[0]["shape"][0])]
 
+    @property
+    def sharded(self) -> bool:
+        """Whether one call spreads over threads that wait for each other (more than one)."""
+        return self.threads > 1
+
     def reserve(self, count: int) -> None:
         """Make interpreters until there are `count`, before the calls that need them.
 

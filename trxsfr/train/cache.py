@@ -534,7 +534,8 @@ def ensure(
         returned = np.zeros(len(missing), bool)
         stage = "augmented views" if distortion is not None else "bottlenecks"
         extractor.reserve(imaging.FORWARD_STREAMS)
-        for pos, vectors in imaging.map_batches(ds, extractor.features):
+        for pos, vectors in imaging.map_batches(ds, extractor.features,
+                                                demote=extractor.sharded):
             returned[pos] = True
             store.put_many([jobs[missing[p]][1] for p in pos], vectors)
             computed += len(pos)
