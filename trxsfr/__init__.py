@@ -25,12 +25,11 @@ def retrain(config, on_progress=None):
     return _retrain(config, on_progress)
 
 
-def load(path, runtime=None):
-    """A `Predictor` for a SavedModel version dir, its base dir (highest version) or a .tflite;
-    `runtime` "auto" or "litert" runs a SavedModel's network on LiteRT (trxsfr.use.models)."""
+def load(path):
+    """A `Predictor` for a SavedModel version dir, its base dir (highest version) or a .tflite."""
     from trxsfr.use.models import load as _load
 
-    return _load(path, runtime=runtime)
+    return _load(path)
 
 
 def label(predictor, inputs, **options):
