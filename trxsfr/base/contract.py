@@ -144,6 +144,9 @@ class ModelInfo:
     best_step: Optional[int] = None
     augmentation: Optional[dict] = None
     fine_tuned: Optional[dict] = None
+    # How l2 was chosen by cross-validation (`retrain --tune auto`): the values tried and
+    # their scores, the chosen and exported values, the search's size and cost.
+    tuning: Optional[dict] = None
     metrics: dict = dataclasses.field(default_factory=dict)  # test/validation/train figures
     split_counts: dict = dataclasses.field(default_factory=dict)
     skipped_files: int = 0
@@ -176,6 +179,8 @@ class ModelInfo:
             if not isinstance(kwargs.get(name), list):
                 kwargs[name] = []
         kwargs["skipped_files"] = kwargs.get("skipped_files") or 0
+        if not isinstance(kwargs.get("tuning"), dict):
+            kwargs["tuning"] = None
         kwargs["extra"] = {k: v for k, v in doc.items() if k not in known}
         return cls(**kwargs)
 

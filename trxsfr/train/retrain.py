@@ -43,6 +43,7 @@ class RetrainResult:
     chosen: dict  # the hyper-parameters of the exported head
     augmented: Optional[tuple[int, int]]  # distorted views (reused, computed), if any
     fine_tuned: bool
+    tuning: Optional[dict] = None  # how l2 was cross-validated (Tuning.to_json()), if it was
 
 
 def fresh_run_dir(summaries_dir: str) -> str:
@@ -211,15 +212,23 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
     if not len(y_test):
         notes.append("test split is empty: no final test accuracy")
 
+    plain_rows = len(y_train)  # the images; distorted views follow them
     if augmented is not None:
         x_train, y_train = with_views(x_train, y_train, image_set, train_items, augmented)
     validation = (x_val, y_val) if len(y_val) else None
     summary_dir = fresh_run_dir(config.summaries_dir) if config.summaries_dir else None
     t1 = time.perf_counter()
     sweep_rows = []
+    tuning_record = None
     if config.sweep:
         trained, sweep_rows = run_sweep(config, x_train, y_train, len(image_set.labels),
                                         validation, summary_dir)
+    elif config.tunes:
+        from trxsfr.train import tuning
+
+        trained, tuning_record = tuning.train(
+            x_train, y_train, len(image_set.labels), tuning.TuneOptions.of(config),
+            validation=validation, plain_rows=plain_rows, summary_dir=summary_dir)
     else:
         trained = head.train(x_train, y_train, len(image_set.labels), head.HeadOptions.of(config),
                              validation=validation, summary_dir=summary_dir)
@@ -255,6 +264,8 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
     chosen = next((
         {k: v for k, v in row.items() if k in SWEEPABLE} for row in sweep_rows if row["chosen"]),
         {k: getattr(config, k) for k in SWEEPABLE})
+    if tuning_record is not None:
+        chosen["l2"] = tuning_record.l2
     counts = {label: {s.value: n for s, n in row.items()}
               for label, row in image_set.counts().items()}
     last = trained.history[-1] if trained.history else {}
@@ -270,6 +281,7 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
         augmentation={"distortion": distortion.spec(), "copies": config.augment_copies,
                       "views": int(len(augmented.ok)), "computed": augmented.computed}
         if augmented is not None else None,
+        tuning=tuning_record.to_json() if tuning_record is not None else None,
         fine_tuned={"steps": config.fine_tune_steps,
                     "learning_rate": config.fine_tune_learning_rate,
                     "batch_size": config.fine_tune_batch_size,
@@ -280,6 +292,7 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
             "validation_accuracy": last.get("validation_accuracy"),
             "validation_cross_entropy": last.get("validation_cross_entropy"),
             "train_accuracy": last.get("train_accuracy"),
+            **({"cv_accuracy": tuning_record.cv_accuracy} if tuning_record is not None else {}),
         },
         split_counts=counts,
         skipped_files=len(image_set.skipped),
@@ -308,4 +321,5 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
         sweep=sweep_rows, chosen=chosen,
         augmented=augmented_counts,
         fine_tuned=tuned is not None,
+        tuning=tuning_record.to_json() if tuning_record is not None else None,
     )
