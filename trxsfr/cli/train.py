@@ -66,11 +66,11 @@ def add_retrain_parser(sub) -> None:
                         "instead of a fixed number of optimiser steps. Search space: l2 in "
                         "1, 0.1, ... 1e-6, walked from strong to weak until a value scores "
                         "worse than the best, then the half decades beside the best. Rule: "
-                        "the lowest cross-validated cross entropy. The layer is then fitted "
-                        "on training + validation images (the test split stays untouched) "
-                        "with that penalty per image. Cost: seconds on cached vectors, about "
-                        "a tenth of extracting them for 2,000 images; larger sets are "
-                        "searched on a seeded sample. Giving --l2, --learning_rate, "
+                        "the highest cross-validated accuracy, ties to the lower cross "
+                        "entropy. The layer is then fitted on training + validation images "
+                        "(the test split stays untouched) with that penalty per image. Cost: "
+                        "seconds on cached vectors (see the README for measurements); larger "
+                        "sets are searched on a seeded sample. Giving --l2, --learning_rate, "
                         "--how_many_training_steps, --optimizer, --train_batch_size, "
                         "--dropout, --early_stopping_patience, --eval_step_interval or a "
                         "sweep trains with those instead, as --tune off does.")
@@ -277,7 +277,7 @@ def tuning_lines(t: dict) -> list[str]:
     lines = []
     if t["tried"]:
         lines.append(f"L2 penalty by {t['folds']}-fold cross-validation on {t['search_images']} "
-                     f"training + validation images ({t['rule']} is chosen):")
+                     f"training + validation images (rule: {t['rule']}):")
         rows = [[f"{r['l2']:.3g}", f"{r['cv_cross_entropy']:.4f}",
                  f"{100 * r['cv_accuracy']:.1f}%", str(r["iterations"]), f"{r['seconds']:.2f}s",
                  "<- chosen" if r["chosen"] else ""] for r in t["tried"]]
