@@ -232,7 +232,7 @@ def cost(work: str, folder: str, module: str, extractor) -> dict:
 def scale_costs(points: Sequence[tuple[int, int]], seconds_per_image: float) -> list[dict]:
     """tuning.train on synthetic 1280-d vectors (Gaussian classes, signal in 64 features)
     at (classes, images per class); each against the cold extraction of that many images."""
-    from trxsfr.train import tuning
+    from trxsfr.train import head, tuning
 
     rows = []
     for classes, per_class in points:
@@ -248,8 +248,12 @@ def scale_costs(points: Sequence[tuple[int, int]], seconds_per_image: float) -> 
         start = time.perf_counter()
         trained, t = tuning.train(x, y, classes)
         seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        head.train(x, y, classes, head.HeadOptions())  # what tune="off" runs
+        steps_seconds = time.perf_counter() - start
         row = {"classes": classes, "per_class": per_class, "images": n,
                "seconds": seconds, "search_s": t.search_seconds, "fit_s": t.fit_seconds,
+               "tune_off_seconds": steps_seconds,
                "fit": t.fit, "search_images": t.search_images,
                "search_classes": t.search_classes, "folds": t.folds, "cv_l2": t.cv_l2,
                "cold_extraction_s_estimate": n * seconds_per_image,
@@ -257,8 +261,8 @@ def scale_costs(points: Sequence[tuple[int, int]], seconds_per_image: float) -> 
                "train_accuracy": float(np.mean(trained.head.logits(x[:20000]).argmax(1)
                                                == y[:20000])),
                "notes": t.notes}
-        log(f"{classes} classes x {per_class}: {seconds:.1f}s ({t.fit}), "
-            f"{row['over_cold_extraction']:.3f} of its cold extraction")
+        log(f"{classes} classes x {per_class}: {seconds:.1f}s ({t.fit}; tune off "
+            f"{steps_seconds:.1f}s), {row['over_cold_extraction']:.3f} of its cold extraction")
         rows.append(row)
         del x
     return rows
@@ -389,7 +393,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      f"{timed['added_train_over_cold']:.3f}")
         for s in scales:
             table.append(f"synthetic {s['classes']} x {s['per_class']}: {s['seconds']:.1f}s "
-                         f"({s['fit']}; search on {s['search_images']} images, "
+                         f"(tune off {s['tune_off_seconds']:.1f}s; {s['fit']}; search on "
+                         f"{s['search_images']} images, "
                          f"{s['search_classes']} classes), {s['over_cold_extraction']:.3f} of "
                          f"the cold extraction of {s['images']} images")
         print("\n".join(table), file=sys.stderr)

@@ -174,7 +174,7 @@ def test_validation_rows_join_the_pool_and_views_join_only_the_fit():
     assert {"step", "train_accuracy", "train_cross_entropy"} <= set(trained.history[-1])
 
 
-def test_a_large_search_takes_a_seeded_sample_and_a_huge_fit_takes_steps():
+def test_a_large_search_takes_a_seeded_sample_and_a_huge_fit_takes_steps(monkeypatch):
     x, y = blobs(30, 40, 24, signal=6.0, seed=15)
     options = TuneOptions(search_budget=24 * 5 * 8 * tuning.MIN_PER_CLASS * 8)
     trained, t = tuning.train(x, y, 30, options)
@@ -184,6 +184,7 @@ def test_a_large_search_takes_a_seeded_sample_and_a_huge_fit_takes_steps():
     assert accuracy(trained.head, x, y) > 0.9
     again, t2 = tuning.train(x, y, 30, options)
     np.testing.assert_array_equal(trained.head.weights, again.head.weights)
+    monkeypatch.setattr(tuning, "STEPS_ROWS", 1000)
     stepped, t3 = tuning.train(x, y, 30, dataclasses.replace(options, final_budget=1000))
     assert t3.fit == "steps" and t3.l2 == t.l2 and t3.fit_iterations > 0
     assert accuracy(stepped.head, x, y) > 0.9

@@ -31,8 +31,9 @@ standardised weights (as `--l2` means), minimised by full-batch L-BFGS. Which
   per image is what carries over, as scikit-learn's C (a mean loss over more
   images needs proportionally less of it). It starts from the mean of the
   chosen fold models. When one product of that fit would exceed
-  `FINAL_BUDGET` (many classes and images), the step-based optimiser of
-  `head.train` fits it instead, with the chosen value, at its usual cost.
+  `FINAL_BUDGET` and the pool holds more than `STEPS_ROWS` images (thousands
+  of classes with many images each), the step-based optimiser of `head.train`
+  fits it instead, with the chosen value, at its usual cost.
 
 All k fold models are fitted at once, as one problem whose weights are the k
 models side by side: one matrix product per iteration serves every fold (a row
@@ -66,9 +67,11 @@ PATIENCE = 1
 SEARCH_BUDGET = 100_000_000
 # Images of each sampled class the search keeps at least (all of a smaller class).
 MIN_PER_CLASS = 20
-# Multiply-adds of one product of the final fit (rows x features x classes); above it the
-# step-based optimiser (head.train) fits the layer, at its fixed cost per step.
+# Multiply-adds of one product of the final fit (rows x features x classes); above it, and
+# with more than STEPS_ROWS images, the step-based optimiser (head.train) fits the layer:
+# its 4,000 steps of 100 images cost less than ~100 passes over that many images.
 FINAL_BUDGET = 4_000_000_000
+STEPS_ROWS = 4000
 # The penalty when nothing can be cross-validated (fewer than two classes with 2 images).
 FALLBACK_L2 = 0.1
 SEARCH_ITERATIONS = 200  # L-BFGS iterations per grid value, at most
@@ -507,7 +510,7 @@ def train(
     search_seconds = time.perf_counter() - start
 
     t = time.perf_counter()
-    if len(y_all) * dim * num_classes > o.final_budget:
+    if len(y_all) * dim * num_classes > o.final_budget and len(y_all) > STEPS_ROWS:
         notes.append(f"{len(y_all)} images x {num_classes} classes: the layer is fitted by "
                      f"the step-based optimiser with the chosen l2")
         log.info("%s", notes[-1])
