@@ -387,7 +387,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             table.append(f"{name}: mean ratio {v['mean_ratio']:.3f}, lowest "
                          f"{v['min_ratio']:.3f}")
         table.append(f"cost: {timed['images']} images, cold extraction "
-                     f"{timed['cold_extraction_s']:.1f}s; training {timed['default_train_s_median']:.2f}s "
+                     f"{timed['cold_extraction_s']:.1f}s; training "
+                     f"{timed['default_train_s_median']:.2f}s "
                      f"(tune off {timed['tune_off_train_s_median']:.2f}s): "
                      f"{timed['default_train_over_cold']:.3f} of it, added "
                      f"{timed['added_train_over_cold']:.3f}")

@@ -65,7 +65,8 @@ def test_the_chosen_penalty_is_at_least_as_accurate_as_the_grids_ends():
         nuisance /= np.linalg.norm(nuisance, axis=1, keepdims=True)
         noise = np.random.default_rng([1, draw])
         y = np.repeat(np.arange(4), per_class)
-        x = centre[y] + noise.normal(0, 1, (len(y), 60)) + noise.normal(0, 4, (len(y), 3)) @ nuisance
+        x = (centre[y] + noise.normal(0, 1, (len(y), 60))
+             + noise.normal(0, 4, (len(y), 3)) @ nuisance)
         return (2 * x + 3).astype(np.float32), y
 
     x, y = nuisance_set(20, 0)
@@ -135,16 +136,19 @@ def test_tiny_sets_use_fewer_folds_or_a_stated_fallback():
     x, y = blobs(3, 3, 8, signal=6.0, seed=9)  # 3 images a class
     trained, t = tuning.train(x, y, 3)
     assert t.folds == 3 and t.tried
-    assert any("3 folds: the smallest class has 3" in n for n in t.notes)
+    assert any("3 folds: the median class has 3" in n for n in t.notes)
     x, y = blobs(3, [1, 1, 4], 8, signal=6.0, seed=10)  # one class with 2+ images
     trained, t = tuning.train(x, y, 3)
     assert t.folds == 0 and not t.tried and t.cv_l2 is None
     assert t.l2 == tuning.FALLBACK_L2
     assert any("no cross-validation" in n for n in t.notes)
     assert np.all(np.isfinite(trained.head.weights))
-    x, y = blobs(3, [1, 5, 5], 8, signal=6.0, seed=11)  # a single image still allows 2 folds
+    x, y = blobs(3, [1, 2, 2], 8, signal=6.0, seed=11)  # a single image: 2 folds still
     _, t = tuning.train(x, y, 3)
     assert t.folds == 2 and t.tried
+    x, y = blobs(3, [1, 5, 5], 8, signal=6.0, seed=11)  # the median class decides
+    _, t = tuning.train(x, y, 3)
+    assert t.folds == 5 and t.tried
 
 
 def test_balanced_class_weights_on_a_ten_to_one_set_raise_minority_recall():

@@ -64,8 +64,8 @@ def add_retrain_parser(sub) -> None:
                    help="auto: choose the new layer's L2 penalty by k-fold cross-validation on "
                         "the cached vectors and fit the layer to convergence (L-BFGS), "
                         "instead of a fixed number of optimiser steps. Search space: l2 in "
-                        "1, 0.1, ... 1e-6, walked from strong to weak until a value scores "
-                        "worse than the best, then the half decades beside the best. Rule: "
+                        "1, 0.1, ... 1e-6, walked from strong to weak until a decade does not "
+                        "beat the best, then the half decades beside the best. Rule: "
                         "the highest cross-validated accuracy, ties to the lower cross "
                         "entropy. The layer is then fitted on training + validation images "
                         "(the test split stays untouched) with that penalty per image. Cost: "
@@ -75,7 +75,7 @@ def add_retrain_parser(sub) -> None:
                         "--dropout, --early_stopping_patience, --eval_step_interval or a "
                         "sweep trains with those instead, as --tune off does.")
     g.add_argument("--tune_folds", type=int, default=d.tune_folds,
-                   help="Folds of --tune auto's cross-validation (fewer when the smallest "
+                   help="Folds of --tune auto's cross-validation (fewer when the median "
                         "class has fewer training + validation images).")
     g.add_argument("--how_many_training_steps", type=int, default=d.how_many_training_steps,
                    action=_Given, help="Optimisation steps of the new layer.")
@@ -97,12 +97,14 @@ def add_retrain_parser(sub) -> None:
                    help="balanced: weight each class's loss by n / (classes * class count), "
                         "so small classes count as much as large ones.")
     g.add_argument("--early_stopping_patience", type=int, default=d.early_stopping_patience,
-                   action=_Given, help="Stop after this many evaluations without a lower validation "
+                   action=_Given,
+                   help="Stop after this many evaluations without a lower validation "
                         "cross-entropy and keep the best weights; 0 trains all steps.")
     g.add_argument("--train_batch_size", type=int, default=d.train_batch_size, action=_Given,
                    help="Training images per step; -1 uses the whole training split.")
     g.add_argument("--eval_step_interval", type=int, default=d.eval_step_interval,
-                   action=_Given, help="Evaluate (and write summaries) every this many steps; "
+                   action=_Given,
+                   help="Evaluate (and write summaries) every this many steps; "
                         "unset: 1/100 of the steps.")
     g.add_argument("--seed", type=int, default=d.seed,
                    help="Seed of batch sampling; same seed and data give identical weights.")

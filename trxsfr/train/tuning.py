@@ -13,9 +13,9 @@ standardised weights (as `--l2` means), minimised by full-batch L-BFGS. Which
   features x folds x classes multiply-adds) fits `SEARCH_BUDGET`; otherwise on
   a seeded sample: as many classes as can keep `MIN_PER_CLASS` images each
   within the budget, and each sampled class's share of the images that fit;
-- `folds` (default 5) stratified folds, seeded; fewer when the smallest class
-  has fewer images (at least 2); no search, `FALLBACK_L2`, when fewer than two
-  classes have 2 images;
+- `folds` (default 5) stratified folds, seeded; fewer when the median class
+  has fewer images (at least 2; a smaller class is dealt to fewer folds); no
+  search, `FALLBACK_L2`, when fewer than two classes have 2 images;
 - the grid: the decades 1 ... 1e-6, walked from strong to weak, each fit
   warm-started from the previous one, until a decade scores worse than the
   best so far; then the half decades either side of the best;
@@ -51,6 +51,7 @@ import time
 from typing import Optional, Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from trxsfr.base.config import RetrainConfig
 from trxsfr.train import head
@@ -74,13 +75,17 @@ FINAL_BUDGET = 4_000_000_000
 STEPS_ROWS = 4000
 # The penalty when nothing can be cross-validated (fewer than two classes with 2 images).
 FALLBACK_L2 = 0.1
-SEARCH_ITERATIONS = 200  # L-BFGS iterations per grid value, at most
+SEARCH_ITERATIONS = 100  # L-BFGS iterations per grid value, at most
 FINAL_ITERATIONS = 1000
 # A fit ends when no gradient entry of the mean loss exceeds this (scikit-learn's lbfgs
-# stops at 1e-4; the search's scores settle at 1e-3), nor a tenth of l2: a weak penalty
-# moves the gradient by only 2 * l2 * w.
+# stops at 1e-4), nor a fraction of l2: a weak penalty moves the gradient by only
+# 2 * l2 * w. The search's choices stay the same at half of l2 and 100 iterations (at
+# half the cost of a tenth and 200, over the benchmark's 13 sets); the final fit converges
+# further, to a tenth.
 SEARCH_TOLERANCE = 1e-3
+SEARCH_L2_TOLERANCE = 0.5
 FINAL_TOLERANCE = 1e-4
+FINAL_L2_TOLERANCE = 0.1
 RULE = "highest cross-validated accuracy, then lowest cross entropy"
 
 
@@ -138,13 +143,6 @@ class Tuning:
 
 # ------------------------------------------------------------------ the problem
 
-# Products of fewer multiply-adds than this run in row slices below OpenBLAS's threading
-# threshold (65536 x 4): waking BLAS threads for a small product costs more than the
-# product, and on a busy machine 10-20 times more (measured: 25 ms instead of 1.5 ms).
-SMALL_PRODUCT = 20_000_000
-_SLICE = 200_000
-
-
 class _Rows:
     """float32 row blocks seen as one standardised matrix (x - mean) * inv_std, without a
     standardised copy: the scaling goes through the (small) weights instead."""
@@ -155,25 +153,16 @@ class _Rows:
         self.dim = self.blocks[0].shape[1]
         self.mean, self.inv_std = mean, inv_std
 
-    def _slices(self, k: int):
-        """(block, start row in the whole, row slice of the block) in product order."""
-        small = self.n * self.dim * k <= SMALL_PRODUCT
-        step = max(1, _SLICE // (self.dim * k)) if small else None
-        start = 0
-        for b in self.blocks:
-            for i in range(0, len(b), step or len(b)):
-                j = min(len(b), i + (step or len(b)))
-                yield b[i:j], start + i
-            start += len(b)
-
     def times(self, w: np.ndarray) -> np.ndarray:
         """float32 [n, K] = X_std @ w, for w [dim, K]."""
         if self.inv_std is not None:
             w = w * self.inv_std[:, None]
         w = np.asarray(w, np.float32)  # a float64 w would make NumPy copy every block
         out = np.empty((self.n, w.shape[1]), np.float32)
-        for rows, at in self._slices(w.shape[1]):
-            np.matmul(rows, w, out=out[at:at + len(rows)])
+        start = 0
+        for b in self.blocks:
+            np.matmul(b, w, out=out[start:start + len(b)])
+            start += len(b)
         if self.mean is not None:
             out -= (self.mean @ w).astype(np.float32)
         return out
@@ -181,8 +170,10 @@ class _Rows:
     def t_times(self, g: np.ndarray) -> np.ndarray:
         """float64 [dim, K] = X_std^T @ g, for g float32 [n, K]."""
         acc = np.zeros((self.dim, g.shape[1]), np.float32)
-        for rows, at in self._slices(g.shape[1]):
-            acc += rows.T @ g[at:at + len(rows)]
+        start = 0
+        for b in self.blocks:
+            acc += b.T @ g[start:start + len(b)]
+            start += len(b)
         acc = acc.astype(np.float64)
         if self.mean is not None:
             acc -= np.outer(self.mean, g.sum(axis=0, dtype=np.float64))
@@ -383,7 +374,7 @@ def _search(x: np.ndarray, y: np.ndarray, num_classes: int, row_weight: np.ndarr
         t = time.perf_counter()
         problem.l2 = l2
         params, _, iterations = lbfgs(problem, start, SEARCH_ITERATIONS,
-                                      min(SEARCH_TOLERANCE, 0.1 * l2))
+                                      min(SEARCH_TOLERANCE, SEARCH_L2_TOLERANCE * l2))
         own = problem.log_probabilities(params)[every, fold]  # each row by its fold's model
         right = own.argmax(axis=1) == y
         row = {"l2": l2,
@@ -461,6 +452,14 @@ def train(
     o = options
     if o.class_weight not in head.CLASS_WEIGHTS:
         raise ValueError(f"class_weight must be one of {head.CLASS_WEIGHTS}, got {o.class_weight}")
+    # One BLAS thread: the products here take milliseconds, and BLAS threads cost more than
+    # they save on them when the cores are busy (2-3x slower at a load of 2-4 on 2 cores,
+    # up to 15x on small ones); and the weights then do not depend on the core count.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _train(features, labels, num_classes, o, validation, plain_rows, summary_dir)
+
+
+def _train(features, labels, num_classes, o: TuneOptions, validation, plain_rows, summary_dir):
     start = time.perf_counter()
     blocks, ys = [features], [np.asarray(labels, np.int64)]
     if validation is not None and len(validation[1]):
@@ -483,11 +482,11 @@ def train(
                      f"images; l2 = {FALLBACK_L2:g}")
         log.warning("%s", notes[-1])
     else:
-        smallest = int(counts[counts > 0].min())
-        k = max(2, min(o.folds, smallest))
+        typical = int(np.median(counts[counts > 0]))
+        k = max(2, min(o.folds, typical))
         if k < o.folds:
-            notes.append(f"{k} folds: the smallest class has {smallest} training/validation "
-                         f"image{'s' if smallest != 1 else ''}")
+            notes.append(f"{k} folds: the median class has {typical} training/validation "
+                         f"image{'s' if typical != 1 else ''}")
         pick = searchable[search_sample(y_all[searchable], dim, k, o.search_budget, o.seed)]
         classes, y = np.unique(y_all[pick], return_inverse=True)
         search_n, search_classes = len(pick), len(classes)
@@ -552,7 +551,7 @@ def _fit(blocks, y, num_classes, row_weight, l2, label_smoothing, w_init, b_init
         history.append(dict(step=iteration, **problem.last))
 
     params, _, iterations = lbfgs(problem, initial, FINAL_ITERATIONS,
-                                  min(FINAL_TOLERANCE, 0.1 * l2), on_iteration=record)
+                                  min(FINAL_TOLERANCE, FINAL_L2_TOLERANCE * l2), on_iteration=record)
     w, b = problem.split(params)
     w_raw = w * inv_std[:, None]
     return (head.Head(w_raw.astype(np.float32), (b - mean @ w_raw).astype(np.float32)),
