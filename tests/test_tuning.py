@@ -263,6 +263,11 @@ def test_default_retrain_searches_prints_the_table_and_records_it(fx, tmp_path):
     assert info.metrics["cv_accuracy"] == next(row for row in t["tried"] if row["chosen"])[
         "cv_accuracy"]
     assert info.metrics["validation_accuracy"] is None  # the validation images were fitted on
+    again = run_cli("retrain", "--image_dir", fx["images"], "--tfhub_module", fx["module"],
+                    *dests(tmp_path, "again"), "--quiet")
+    assert again.code == 0, again
+    for a, b in zip(exported_variables(r.lines[-1]), exported_variables(again.lines[-1])):
+        np.testing.assert_array_equal(a, b)  # same data and seed, same weights
 
 
 def test_explicit_l2_trains_as_before_and_tune_auto_with_it_is_refused(fx, tmp_path):

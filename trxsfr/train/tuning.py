@@ -561,6 +561,9 @@ def _fit(blocks, y, num_classes, row_weight, l2, label_smoothing, w_init, b_init
 
     params, _, iterations = lbfgs(problem, initial, FINAL_ITERATIONS, problem.tolerance(
         FINAL_TOLERANCE, FINAL_RELATIVE_TOLERANCE), on_iteration=record)
+    if not history:  # the start already met the tolerance: one row for the record
+        problem(params)
+        record(0)
     w, b = problem.split(params)
     w_raw = w * inv_std[:, None]
     return (head.Head(w_raw.astype(np.float32), (b - mean @ w_raw).astype(np.float32)),
