@@ -241,6 +241,7 @@ def test_model_info_keeps_the_tuning_record():
     assert again.tuning == record and again.extra == {}
     assert contract.ModelInfo.from_json({"tuning": "garbled"}).tuning is None
     assert contract.ModelInfo.from_json({}).tuning is None
+    assert "tuning" not in contract.ModelInfo().to_json()  # older files round-trip unchanged
 
 
 # ---------------------------------------------------------------- through the CLI

@@ -158,6 +158,8 @@ class ModelInfo:
     def to_json(self) -> dict:
         doc = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if f.name not in ("module", "labels", "tflite", "extra")}
+        if self.tuning is None:  # added later: files without it read and write back unchanged
+            del doc["tuning"]
         doc["module"] = self.module.to_json()
         doc["labels"] = list(self.labels)
         if self.tflite is not None:
