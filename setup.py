@@ -21,6 +21,8 @@ setup(
         # tensorflow_hub imports tf_keras at import time; keep it matched to TF.
         "tf-keras>=2.21,<2.22",
         "numpy>=1.26,<3",
+        # train/tuning.py runs its small matrix products on one BLAS thread.
+        "threadpoolctl>=3.1,<4",
         "pillow>=10,<13",
         "tqdm>=4.66,<5",
         # download / label on URLs: redirects, timeouts, streaming with a size cap, TLS and

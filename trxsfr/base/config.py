@@ -28,6 +28,14 @@ MAX_IMAGE_PIXELS = 40_000_000
 
 # RetrainConfig fields that take comma-separated values (a sweep).
 SWEEPABLE = ("learning_rate", "l2", "label_smoothing")
+# How the new layer is fitted: "auto" chooses its L2 strength by cross-validation and fits
+# it to convergence; "off" runs the step-based optimiser with the settings as given.
+TUNE_MODES = ("auto", "off")
+# Settings of the step-based optimiser: a value other than its default (or a sweep) means
+# the user chose how the layer is trained, so `tune="auto"` does not search.
+OPTIMISER_SETTINGS = ("l2", "learning_rate", "how_many_training_steps", "optimizer",
+                      "train_batch_size", "dropout", "early_stopping_patience",
+                      "eval_step_interval", "intermediate_store_frequency")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +47,9 @@ class RetrainConfig:
     image_size: Optional[int] = None
     bottleneck_dir: str = "trxsfr_cache/bottlenecks"
     bottleneck_batch_size: int = FORWARD_BATCH_SIZE
+    # "auto": choose l2 by k-fold cross-validation on the cached vectors (see `tunes`).
+    tune: str = "auto"
+    tune_folds: int = 5
     how_many_training_steps: int = 4000
     learning_rate: float = 0.01
     optimizer: str = "adam"
@@ -78,6 +89,14 @@ class RetrainConfig:
         """The values a setting takes in this run: the sweep's, or the single one."""
         return dict(self.sweep).get(name, (getattr(self, name),))
 
+    @property
+    def tunes(self) -> bool:
+        """Whether this run chooses l2 by cross-validation: `tune` is "auto", nothing is
+        swept, and every setting of the step-based optimiser holds its default."""
+        return (self.tune == "auto" and not self.sweep
+                and all(getattr(self, name) == getattr(RetrainConfig, name)
+                        for name in OPTIMISER_SETTINGS))
+
     def recorded(self) -> dict:
         """The settings as the exported model records them (the sweep apart)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "sweep"}
@@ -112,6 +131,12 @@ class RetrainConfig:
                     raise InputError(f"--{name} must be >= 0, got {v}")
         if self.max_image_pixels <= 0:
             raise InputError(f"--max_image_pixels must be positive, got {self.max_image_pixels}")
+        if self.tune not in TUNE_MODES:
+            raise InputError(f"--tune must be one of {', '.join(TUNE_MODES)}, got {self.tune!r}")
+        if isinstance(self.tune_folds, bool) or not isinstance(self.tune_folds, int) \
+                or self.tune_folds < 2:
+            raise InputError(f"--tune_folds must be an integer of at least 2, "
+                             f"got {self.tune_folds}")
         for name in ("eval_step_interval", "image_size"):  # None: derived
             v = getattr(self, name)
             if v is not None and v <= 0:

@@ -167,6 +167,9 @@ class ModelInfo:
     best_step: Optional[int] = None
     augmentation: Optional[dict] = None
     fine_tuned: Optional[dict] = None
+    # How l2 was chosen by cross-validation (`retrain --tune auto`): the values tried and
+    # their scores, the chosen and exported values, the search's size and cost.
+    tuning: Optional[dict] = None
     metrics: dict = dataclasses.field(default_factory=dict)  # test/validation/train figures
     split_counts: dict = dataclasses.field(default_factory=dict)
     skipped_files: int = 0
@@ -181,6 +184,8 @@ class ModelInfo:
     def to_json(self) -> dict:
         doc = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if f.name not in ("module", "labels", "tflite", "extra", "unknown_threshold")}
+        if self.tuning is None:  # added later: files without it read and write back unchanged
+            del doc["tuning"]
         doc["module"] = self.module.to_json()
         doc["labels"] = list(self.labels)
         if self.tflite is not None:
@@ -207,6 +212,8 @@ class ModelInfo:
         threshold = kwargs.get("unknown_threshold")
         kwargs["unknown_threshold"] = (float(threshold) if isinstance(threshold, (int, float))
                                        and not isinstance(threshold, bool) else None)
+        if not isinstance(kwargs.get("tuning"), dict):
+            kwargs["tuning"] = None
         kwargs["extra"] = {k: v for k, v in doc.items() if k not in known}
         return cls(**kwargs)
 

@@ -44,6 +44,7 @@ class RetrainResult:
     augmented: Optional[tuple[int, int]]  # distorted views (reused, computed), if any
     fine_tuned: bool
     unknown: Optional[dict] = None  # the "unknown" threshold and its figures (train/unknown.py)
+    tuning: Optional[dict] = None  # how l2 was cross-validated (Tuning.to_json()), if it was
 
 
 def fresh_run_dir(summaries_dir: str) -> str:
@@ -96,6 +97,20 @@ def sweep_grid(sweep: tuple) -> list[dict]:
     for name, values in sweep:
         combos = [dict(c, **{name: v}) for c in combos for v in values]
     return combos
+
+
+def held_out_validation(new_layer, validation, last: dict) -> dict:
+    """The new layer's validation accuracy and cross entropy (before any fine-tuning, as
+    the step-based trainer records them as it goes), or None for both when the validation
+    images were fitted on (`validation` None)."""
+    if validation is None or "validation_accuracy" in last:
+        return {"validation_accuracy": last.get("validation_accuracy"),
+                "validation_cross_entropy": last.get("validation_cross_entropy")}
+    x_val, y_val = validation
+    probs = new_layer.probabilities(x_val)
+    return {"validation_accuracy": float(np.mean(probs.argmax(axis=1) == y_val)),
+            "validation_cross_entropy": float(-np.mean(np.log(np.maximum(
+                probs[np.arange(len(y_val)), y_val], 1e-12))))}
 
 
 def run_sweep(config, x_train, y_train, num_classes, validation, summary_dir):
@@ -218,15 +233,32 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
     if not len(y_test):
         notes.append("test split is empty: no final test accuracy")
 
+    plain_rows = len(y_train)  # the images; distorted views follow them
     if augmented is not None:
         x_train, y_train = with_views(x_train, y_train, image_set, train_items, augmented)
     validation = (x_val, y_val) if len(y_val) else None
     summary_dir = fresh_run_dir(config.summaries_dir) if config.summaries_dir else None
     t1 = time.perf_counter()
     sweep_rows = []
+    tuning_record = None
     if config.sweep:
         trained, sweep_rows = run_sweep(config, x_train, y_train, len(image_set.labels),
                                         validation, summary_dir)
+    elif config.tunes:
+        from trxsfr.train import tuning
+
+        # The search and the fit take the validation images too, unless the "unknown"
+        # threshold is to be chosen on them: it must see images the layer was not fitted on.
+        validation_fitted = config.unknown_threshold != UNKNOWN_AUTO
+        trained, tuning_record = tuning.train(
+            x_train, y_train, len(image_set.labels), tuning.TuneOptions.of(config),
+            validation=validation if validation_fitted else None, plain_rows=plain_rows,
+            summary_dir=summary_dir)
+        if validation is not None and not validation_fitted:
+            tuning_record.notes.append("the validation split is held out of the search and the "
+                                       "fit: --unknown_threshold auto is chosen on it")
+        if validation is not None and validation_fitted:
+            validation = None  # its images are fitted on: no held-out figures from them
     else:
         trained = head.train(x_train, y_train, len(image_set.labels), head.HeadOptions.of(config),
                              validation=validation, summary_dir=summary_dir,
@@ -271,13 +303,15 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
             y_val = y_val[ok]
         unknown = unknown_threshold.decide(
             config.unknown_threshold, config.unknown_precision, len(image_set.labels),
-            (final_head.probabilities(x_val), y_val) if len(y_val) else None,
+            (final_head.probabilities(x_val), y_val) if validation is not None else None,
             (final_head.probabilities(x_test), y_test) if len(y_test) else None)
         log.info("unknown threshold %.4f (%s)", unknown["threshold"], unknown["mode"])
 
     chosen = next((
         {k: v for k, v in row.items() if k in SWEEPABLE} for row in sweep_rows if row["chosen"]),
         {k: getattr(config, k) for k in SWEEPABLE})
+    if tuning_record is not None:
+        chosen["l2"] = tuning_record.l2
     counts = {label: {s.value: n for s, n in row.items()}
               for label, row in image_set.counts().items()}
     last = trained.history[-1] if trained.history else {}
@@ -293,6 +327,7 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
         augmentation={"distortion": distortion.spec(), "copies": config.augment_copies,
                       "views": int(len(augmented.ok)), "computed": augmented.computed}
         if augmented is not None else None,
+        tuning=tuning_record.to_json() if tuning_record is not None else None,
         fine_tuned={"steps": config.fine_tune_steps,
                     "learning_rate": config.fine_tune_learning_rate,
                     "batch_size": config.fine_tune_batch_size,
@@ -300,10 +335,10 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
         if tuned is not None else None,
         metrics={
             "test_accuracy": test_accuracy, "test_count": int(len(y_test)),
-            "validation_accuracy": last.get("validation_accuracy"),
-            "validation_cross_entropy": last.get("validation_cross_entropy"),
+            **held_out_validation(trained.head, validation, last),
             "train_accuracy": last.get("train_accuracy"),
             **({"unknown": unknown} if unknown is not None else {}),
+            **({"cv_accuracy": tuning_record.cv_accuracy} if tuning_record is not None else {}),
         },
         split_counts=counts,
         skipped_files=len(image_set.skipped),
@@ -336,4 +371,5 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
         augmented=augmented_counts,
         fine_tuned=tuned is not None,
         unknown=unknown,
+        tuning=tuning_record.to_json() if tuning_record is not None else None,
     )
