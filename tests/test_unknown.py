@@ -133,6 +133,34 @@ def test_a_model_without_threshold_is_unchanged(trained, fx):
     assert not any(line.startswith("Unknown threshold") for line in trained["result"].lines)
 
 
+@pytest.mark.parametrize("setting", ["auto", "0.6"])
+def test_with_the_default_search_the_threshold_sees_only_held_out_images(model, fx, tmp_path,
+                                                                       setting):
+    """--tune auto fits on training + validation images; an auto threshold is chosen on
+    the validation split, so that split then stays out of the search and the fit, and a
+    given threshold reports no figures from images the layer was fitted on."""
+    from trxsfr.base import contract
+
+    result = run_cli("retrain", "--image_dir", fx["images"], "--tfhub_module", fx["module"],
+                     "--bottleneck_dir", model["work"] / "cache", "--saved_model_dir",
+                     tmp_path / "models", "--unknown_threshold", setting, "--quiet")
+    assert result.code == 0, result
+    info = contract.read_info(contract.info_path(result.lines[-1]))
+    counts = {split: sum(c.get(split, 0) for c in info.split_counts.values())
+              for split in ("train", "validation")}
+    assert info.tuning is not None and info.tuning["tried"]
+    unknown = info.metrics["unknown"]
+    if setting == "auto":
+        assert info.tuning["pool_images"] == counts["train"]
+        assert any("--unknown_threshold auto" in note for note in info.tuning["notes"])
+        assert info.metrics["validation_accuracy"] is not None
+        assert unknown["validation"]["accepted"] >= 1
+    else:
+        assert info.tuning["pool_images"] == counts["train"] + counts["validation"]
+        assert info.metrics["validation_accuracy"] is None
+        assert "validation" not in unknown and unknown["threshold"] == pytest.approx(0.6)
+
+
 # ---------------------------------------------------------------- choosing, bad input
 
 
