@@ -192,18 +192,60 @@ def test_blocked_neighbourhood_equals_brute_force():
     x[5] = x[3]  # a near twin (different content)
     content = np.arange(37)
     content[9] = content[8]  # an exact copy: neither a pair nor a neighbour
-    got = audit.neighbourhood(x, content, threshold=0.5, k=4, max_pairs=1000, block=6)
+    got = audit.neighbourhood(x, content, threshold=0.5, max_pairs=1000, block=6)
     s = x @ x.T
     same = content[:, None] == content[None, :]
     s[same] = -np.inf
     want = {(i, j) for i in range(37) for j in range(i + 1, 37) if s[i, j] >= 0.5}
     assert {tuple(p) for p in got.pairs.tolist()} == want
     assert (3, 5) in want and (8, 9) not in want
-    np.testing.assert_allclose(got.nearest, -np.sort(-s, axis=1)[:, :4], rtol=1e-5, atol=1e-6)
     sims = got.similarities
     assert np.all(sims[:-1] >= sims[1:])  # most similar first
-    capped = audit.neighbourhood(x, content, threshold=0.5, k=4, max_pairs=3, block=6)
+    capped = audit.neighbourhood(x, content, threshold=0.5, max_pairs=3, block=6)
     assert len(capped.pairs) == 3 and np.allclose(capped.similarities, sims[:3])
+
+
+def test_blocked_nearest_distances_equal_brute_force():
+    from trxsfr.train import audit
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(37, 8)).astype(np.float32)
+    content = np.arange(37)
+    content[9] = content[8]  # an exact copy: not a neighbour
+    got = audit.nearest_distances(x, content, k=4, block=6)
+    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    d[content[:, None] == content[None, :]] = np.inf
+    np.testing.assert_allclose(got, np.sort(d, axis=1)[:, :4], rtol=1e-4, atol=1e-4)
+    # Fewer others than k: the missing ones repeat the farthest found.
+    few = audit.nearest_distances(x[:3], np.arange(3), k=4)
+    assert few.shape == (3, 4) and np.all(few[:, 2:] == few[:, 1:2])
+
+
+def test_whitened_distances_are_mahalanobis_and_find_a_foreign_group():
+    """A tight group far out along the set's own directions and off its other ones (as
+    foreign pictures were to the random-weight MobileNet-V2): whitened, it ranks first;
+    by angle alone (the cosine distance the score used before) it ranks last."""
+    from trxsfr.train import audit
+
+    rng = np.random.default_rng(2)
+    basis = rng.normal(size=(6, 40))
+    typical = rng.normal(size=(400, 6)) @ basis + 0.05 * rng.normal(size=(400, 40))
+    foreign = 6 * (rng.normal(size=6) @ basis) + 0.3 * rng.normal(size=(5, 40))
+    x = np.concatenate([typical, foreign]).astype(np.float32)
+    from sklearn.covariance import LedoitWolf
+
+    w = audit.whitened(x[:400])
+    want = LedoitWolf().fit(x[:400].astype(np.float64)).mahalanobis(x[:400].astype(np.float64))
+    np.testing.assert_allclose((w.astype(np.float64) ** 2).sum(axis=1), want, rtol=1e-3)
+    score = audit.nearest_distances(audit.whitened(x), np.arange(405), k=10).mean(axis=1)
+    assert set(np.argsort(-score)[:5]) == set(range(400, 405))
+    u = audit.centred_unit(x)
+    cosine = u @ u.T
+    np.fill_diagonal(cosine, -np.inf)
+    by_angle = 1 - (-np.sort(-cosine, axis=1)[:, :10]).mean(axis=1)
+    assert not set(np.argsort(-by_angle)[:50]) & set(range(400, 405))
+    # Identical vectors (a degenerate set) give zero distances, not a division by zero.
+    assert np.all(audit.whitened(np.ones((4, 3), np.float32)) == 0)
 
 
 def test_groups_stay_in_one_fold_and_folds_are_stratified():

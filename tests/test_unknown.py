@@ -1,5 +1,5 @@
 """`retrain --unknown_threshold`: the threshold is chosen, stored, and applied alike by the
-SavedModel's signature, `label`, `serve` and a converted .tflite; a model without one
+SavedModel's signature, `label`, `serve` (REST and gRPC) and a converted .tflite; a model without one
 behaves as before. One retrain (auto threshold) serves the module."""
 
 import base64
@@ -90,8 +90,24 @@ def test_signature_label_serve_and_tflite_agree(model, tmp_path):
             assert u == by_path[path], path
 
     server = ServerProcess("--model_base_path", os.path.dirname(model["version"]),
-                           "--model_name", "u")
+                           "--model_name", "u", "--grpc_port", "0")
     try:
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        blobs = []
+        for path in files:
+            with open(path, "rb") as f:
+                blobs.append(f.read())
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = "u"
+        req.inputs[contract.INPUT_BYTES].CopyFrom(tf.make_tensor_proto(blobs))
+        with grpc.insecure_channel(server.grpc_address) as channel:
+            reply = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+                req, timeout=60)
+        assert tf.make_ndarray(reply.outputs[contract.OUTPUT_UNKNOWN]).tolist() == \
+            unknown.tolist()
         instances = []
         for path in files:
             with open(path, "rb") as f:

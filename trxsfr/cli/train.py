@@ -71,8 +71,8 @@ def add_retrain_parser(sub) -> None:
                         "seconds on cached vectors (see the README for measurements); larger "
                         "sets are searched on a seeded sample. Giving --l2, --learning_rate, "
                         "--how_many_training_steps, --optimizer, --train_batch_size, "
-                        "--dropout, --early_stopping_patience, --eval_step_interval, "
-                        "--intermediate_store_frequency or a sweep trains with those "
+                        "--dropout, --early_stopping_patience, --eval_step_interval, the "
+                        "codelab's intermediate graphs or a sweep trains with those "
                         "instead, as --tune off does. With --unknown_threshold auto the "
                         "validation split stays out of the search and the fit.")
     g.add_argument("--tune_folds", type=int, default=d.tune_folds,

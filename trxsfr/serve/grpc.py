@@ -290,7 +290,9 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
             images = await self.server.parse(parse_predict, request, lv, signature, input_name,
                                              self.config)
             probs = await self.server.batcher.predict(lv, images)
-            outputs = format_response(probs, lv.labels, row_format=False)["outputs"]
+            outputs = format_response(probs, lv.labels, row_format=False,
+                                      unknown_threshold=lv.classifier.info.unknown_threshold
+                                      )["outputs"]
             declared = lv.signature_defs[signature]["outputs"]
             response = predict_pb2.PredictResponse()
             _model_spec(response.model_spec, lv, self.config, signature)
