@@ -26,6 +26,17 @@ FORWARD_BATCH_SIZE = 16
 MAX_IMAGE_PIXELS = 40_000_000
 
 
+# Runtimes of a forward pass (--runtime): "auto" runs LiteRT where its outputs match
+# TensorFlow's and TensorFlow elsewhere; "tf" and "litert" insist (base/litert.py).
+RUNTIMES = ("auto", "tf", "litert")
+
+
+def check_runtime(runtime: str) -> None:
+    """Raise InputError (naming --runtime) unless `runtime` is one of RUNTIMES."""
+    if runtime not in RUNTIMES:
+        raise InputError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+
+
 # RetrainConfig fields that take comma-separated values (a sweep).
 SWEEPABLE = ("learning_rate", "l2", "label_smoothing")
 
@@ -73,6 +84,9 @@ class RetrainConfig:
     # in [0, 1], or "auto" (chosen on the validation split for `unknown_precision`).
     unknown_threshold: Optional[Union[float, str]] = None
     unknown_precision: float = 0.95
+    # What computes bottleneck vectors: "auto" (LiteRT where it matches TensorFlow, else
+    # TensorFlow), "tf" or "litert" (base/litert.py).
+    runtime: str = "auto"
 
     def swept(self, name: str) -> tuple:
         """The values a setting takes in this run: the sweep's, or the single one."""
@@ -112,6 +126,7 @@ class RetrainConfig:
                     raise InputError(f"--{name} must be >= 0, got {v}")
         if self.max_image_pixels <= 0:
             raise InputError(f"--max_image_pixels must be positive, got {self.max_image_pixels}")
+        check_runtime(self.runtime)
         for name in ("eval_step_interval", "image_size"):  # None: derived
             v = getattr(self, name)
             if v is not None and v <= 0:
@@ -167,8 +182,10 @@ class LabelConfig:
     batch_size: int = FORWARD_BATCH_SIZE
     min_accuracy: Optional[float] = None
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    runtime: str = "auto"  # of a SavedModel's forward pass; see RUNTIMES
 
     def check(self) -> None:
+        check_runtime(self.runtime)
         if self.max_image_pixels <= 0:
             raise InputError(f"--max_image_pixels must be positive, got {self.max_image_pixels}")
         if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
@@ -211,9 +228,11 @@ class ServeConfig:
     max_header_bytes: int = 64 * 1024
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 60.0
+    runtime: str = "auto"  # of each version's forward pass; see RUNTIMES
 
     def check(self) -> None:
         """Raises InputError, naming the flag, for settings that cannot work."""
+        check_runtime(self.runtime)
         positive = ("max_batch_size", "max_body_bytes", "max_images_per_request",
                     "max_image_pixels", "parse_threads", "num_batch_threads", "max_header_bytes")
         for name in positive:

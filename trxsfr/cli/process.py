@@ -21,6 +21,9 @@ def quiet_tensorflow() -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     logging.getLogger("absl").setLevel(logging.ERROR)
     native_stderr.enabled = True
+    from trxsfr.base import litert
+
+    litert.native_quiet = native_stderr.quiet  # interpreters made by --runtime litert/auto
 
 
 def import_tensorflow_quietly() -> None:
