@@ -1,10 +1,12 @@
 """The LiteRT runtime: a network converted to a float32 `.tflite` and run by LiteRT's
 interpreter (XNNPACK) instead of TensorFlow's executor, where it gives the same numbers.
 
-On 2 CPU cores LiteRT ran MobileNet-V2 at batch 32 at 1.8-1.9x the images/s of
-`tf.saved_model.load(...)(images)` in the same process, with features equal to
-6e-7 relative. Only the network moves: decoding stays the one TF preprocessing
-function (`imaging.decode_and_resize`), so both runtimes see the same pixels.
+On this project's 2 shared CPU cores, LiteRT ran MobileNet-V2 at batch 32 at
+1.4-1.5x the images/s of `tf.saved_model.load(...)(images)` in the same process
+(issue 23 measured 1.86x on a quieter machine) on 7.4 ms of CPU per image against
+TensorFlow's 10.3-11, with features equal to 6e-7 relative. Only the network
+moves: decoding stays the one TF preprocessing function
+(`imaging.decode_and_resize`), so both runtimes see the same pixels.
 
 What is here, for extraction (`retrain`), `label` and `serve` alike:
 
