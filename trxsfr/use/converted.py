@@ -110,6 +110,11 @@ class ConvertedClassifier(Classifier):
                               lambda: litert.image_function(probabilities, size),
                               lambda x: super(ConvertedClassifier, self)._forward(x), size)
 
+    def reserve(self, streams: int) -> None:
+        """Make the interpreters `streams` forward passes at once need, now (LiteRT only)."""
+        if self._lite is not None:
+            self._lite.forward.reserve(streams)
+
     @property
     def on_litert(self) -> bool:
         return self._lite is not None
