@@ -98,8 +98,8 @@ class ConvertedClassifier(Classifier):
             verdict = store.verdict(key)
             if verdict is None:
                 log.debug("%s runs on TensorFlow: converting it for LiteRT would cost more "
-                         "than %d images save (a conversion starts from %d images, or with "
-                         "--runtime litert)", what, images, AUTO_CONVERT_MIN_IMAGES)
+                          "than %d images save (a conversion starts from %d images, or with "
+                          "--runtime litert)", what, images, AUTO_CONVERT_MIN_IMAGES)
                 return None
         signature = self.saved_model.signatures[contract.SIGNATURE_IMAGES]
 
