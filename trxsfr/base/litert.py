@@ -318,17 +318,18 @@ class Conversions:
         return data if hashlib.sha256(data).hexdigest() == sha256 else None
 
     def record(self, key: str, verdict: Verdict, model: Optional[bytes]) -> None:
-        """Write the `.tflite` (if any), then its verdict; a failure to write is logged only:
-        the conversion is then paid again next time, nothing else goes wrong."""
+        """Write the `.tflite` (if any), then its verdict; a failure to write is an info line
+        only: the conversion is then paid again next time, nothing else goes wrong (a
+        cache that cannot be written fails, when it must be, with the store's own error)."""
         try:
             os.makedirs(self.folder, exist_ok=True)
             if model is not None:
                 files.write_replacing(self.paths(key)[0], model)
             files.write_replacing(self.paths(key)[1], json.dumps(
                 dataclasses.asdict(verdict), indent=1, sort_keys=True).encode("utf-8"))
-        except OSError as e:
-            log.warning("cannot keep the LiteRT conversion in %s (%s); it will be converted "
-                        "again next time", self.folder, e.strerror or e)
+        except OSError as e:  # e.g. a read-only cache: this run goes on, the next converts
+            log.info("cannot keep the LiteRT conversion in %s (%s); it will be converted "
+                     "again next time", self.folder, e.strerror or e)
 
 
 @dataclasses.dataclass
