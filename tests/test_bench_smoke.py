@@ -249,14 +249,17 @@ def test_linear_reference_uses_the_split_retrain_returned(trained, fx, tmp_path)
 
     import trxsfr
     from benchmarks import bench
-    from trxsfr.base import extractors
+    from trxsfr.base import extractors, litert
     from trxsfr.base.config import RetrainConfig
 
     result = trxsfr.retrain(RetrainConfig(
         image_dir=fx["images"], tfhub_module=fx["module"], bottleneck_dir=trained["cache"],
         saved_model_dir=str(tmp_path / "models"), summaries_dir="",
         how_many_training_steps=200))
-    ref = bench.linear_reference(result.image_set, extractors.load(fx["module"]),
+    # The extractor retrain computed its vectors with (--runtime auto: LiteRT's, whose
+    # conversion retrain kept in the cache), as bench.reference passes it.
+    computing = litert.for_extraction(extractors.load(fx["module"]), "auto", trained["cache"])
+    ref = bench.linear_reference(result.image_set, computing,
                                  trained["cache"], fx["heldout"], str(tmp_path / "heldout-cache"))
     assert ref["test_count"] == result.test_count and ref["cached_computed"] == 0
     assert ref["heldout_count"] == len(bench.image_paths(fx["heldout"]))

@@ -151,8 +151,8 @@ def load_version(base: str, version: int, runtime: str = "tf") -> LoadedVersion:
 
     path = os.path.join(base, str(version))
     clf = load(path, runtime=runtime)
-    if runtime != "tf":
-        clf.prepare()  # a server labels many images: convert now, off the request path
+    if runtime != "tf" and clf.prepare():  # a server labels many images: convert now,
+        clf.reserve(imaging.FORWARD_STREAMS)  # off the request path (2 batch threads)
     size = clf.image_size
 
     def decode(image_bytes):

@@ -98,8 +98,8 @@ class ConvertedClassifier(Classifier):
             verdict = store.verdict(key)
             if verdict is None:
                 log.debug("%s runs on TensorFlow: converting it for LiteRT would cost more "
-                         "than %d images save (a conversion starts from %d images, or with "
-                         "--runtime litert)", what, images, AUTO_CONVERT_MIN_IMAGES)
+                          "than %d images save (a conversion starts from %d images, or with "
+                          "--runtime litert)", what, images, AUTO_CONVERT_MIN_IMAGES)
                 return None
         signature = self.saved_model.signatures[contract.SIGNATURE_IMAGES]
 
@@ -109,6 +109,11 @@ class ConvertedClassifier(Classifier):
         return litert.prepare(what, key, store, runtime,
                               lambda: litert.image_function(probabilities, size),
                               lambda x: super(ConvertedClassifier, self)._forward(x), size)
+
+    def reserve(self, streams: int) -> None:
+        """Make the interpreters `streams` forward passes at once need, now (LiteRT only)."""
+        if self._lite is not None:
+            self._lite.forward.reserve(streams)
 
     @property
     def on_litert(self) -> bool:
