@@ -31,13 +31,6 @@ def _litert_log(caplog):
     return [r for r in caplog.records if r.name == "trxsfr.base.litert"]
 
 
-@pytest.fixture(autouse=True)
-def trxsfr_logs_reach_caplog(monkeypatch):
-    """An in-process CLI run earlier in the session stops the `trxsfr` logger's records at
-    its own stderr handler (process.log_to_stderr); here they go on to pytest's too."""
-    monkeypatch.setattr(logging.getLogger("trxsfr"), "propagate", True)
-
-
 @pytest.fixture(scope="module")
 def extractor(fx):
     from trxsfr.base import extractors
