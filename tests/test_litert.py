@@ -31,6 +31,19 @@ def _litert_log(caplog):
     return [r for r in caplog.records if r.name == "trxsfr.base.litert"]
 
 
+def test_an_in_process_cli_run_leaves_trxsfr_logging_as_it_found_it(tmp_path, caplog):
+    """`cli.main` logs to the stderr of its run only: afterwards the `trxsfr` logger's records
+    reach pytest's capture again (the caplog tests below rely on it, whatever ran before)."""
+    logger = logging.getLogger("trxsfr")
+    before = logger.handlers[:], logger.level, logger.propagate
+    r = run_cli("retrain", "--image_dir", tmp_path / "missing")
+    assert r.code == 2, r
+    assert (logger.handlers[:], logger.level, logger.propagate) == before
+    caplog.set_level(logging.INFO, logger="trxsfr")
+    logging.getLogger("trxsfr.base.litert").info("seen")
+    assert [r.getMessage() for r in _litert_log(caplog)] == ["seen"]
+
+
 @pytest.fixture(scope="module")
 def extractor(fx):
     from trxsfr.base import extractors
