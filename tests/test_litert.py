@@ -150,6 +150,27 @@ def test_a_damaged_cached_conversion_is_made_again(extractor, tmp_path):
                                  again.features(litert.probe_images((32, 32)))) <= 1e-4
 
 
+def test_a_pipeline_worker_runs_the_conversion_the_driver_checked(extractor, tmp_path):
+    """`extract`'s workers get a Conversion (picklable) naming the kept `.tflite`; one that is
+    not there as it was checked is a one-line error, not another network."""
+    import pickle
+
+    from trxsfr.base.errors import ModelError
+
+    assert litert.extraction_conversion(extractor, str(tmp_path)) is None  # TensorFlow's
+    lite = litert.for_extraction(extractor, "litert", str(tmp_path))
+    conversion = pickle.loads(pickle.dumps(litert.extraction_conversion(lite, str(tmp_path))))
+    assert lite.runtime == f"litert-{conversion.sha256[:16]}"
+    images = litert.probe_images((32, 32))
+    np.testing.assert_array_equal(conversion.load()(images), lite.features(images))
+    tflite = tmp_path / "litert" / f"{conversion.key}.tflite"
+    tflite.write_bytes(tflite.read_bytes()[:100])
+    with pytest.raises(ModelError, match="is not in .* as it was checked"):
+        conversion.load()
+    with pytest.raises(ModelError, match="cannot keep the LiteRT conversion of extractor"):
+        litert.extraction_conversion(lite, str(tmp_path))
+
+
 def test_interpreter_pool_runs_calls_at_once_and_any_batch_size(extractor, tmp_path):
     import concurrent.futures
 
@@ -166,22 +187,28 @@ def test_interpreter_pool_runs_calls_at_once_and_any_batch_size(extractor, tmp_p
 
 
 def test_runtime_settings_are_checked():
-    from trxsfr.base.config import LabelConfig, RetrainConfig, ServeConfig
+    from trxsfr.base.config import (AuditConfig, ExtractConfig, LabelConfig, RetrainConfig,
+                                    ServeConfig)
     from trxsfr.base.errors import InputError
 
     for config in (RetrainConfig(image_dir="x", runtime="gpu"),
                    LabelConfig(inputs=("x",), runtime="gpu"),
-                   ServeConfig(model_base_path="x", runtime="gpu")):
+                   ServeConfig(model_base_path="x", runtime="gpu"),
+                   ExtractConfig(image_dir="x", runtime="gpu"),
+                   AuditConfig(image_dir="x", runtime="gpu")):
         with pytest.raises(InputError, match="--runtime must be one of auto, tf, litert, "
                                              "got 'gpu'"):
             config.check()
+    # Every command that computes bottlenecks decides as retrain does, so they share a store.
     assert RetrainConfig.runtime == LabelConfig.runtime == ServeConfig.runtime == "auto"
+    assert ExtractConfig.runtime == AuditConfig.runtime == RetrainConfig.runtime
 
 
-@pytest.mark.parametrize("command", ["retrain", "label", "serve"])
+@pytest.mark.parametrize("command", ["retrain", "label", "serve", "extract", "audit"])
 def test_runtime_flag_takes_only_known_runtimes(command, tmp_path):
     args = {"retrain": ["--image_dir", tmp_path], "label": [tmp_path],
-            "serve": ["--model_base_path", tmp_path]}[command]
+            "serve": ["--model_base_path", tmp_path], "extract": ["--image_dir", tmp_path],
+            "audit": ["--image_dir", tmp_path]}[command]
     r = run_cli(command, *args, "--runtime", "gpu")
     assert r.code == 2 and "argument --runtime: invalid choice: 'gpu'" in r.err, r
     assert "Traceback" not in r.err

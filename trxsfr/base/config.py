@@ -280,11 +280,14 @@ class ExtractConfig:
     bottleneck_dir: str = RetrainConfig.bottleneck_dir  # a local or mounted folder
     batch_size: int = FORWARD_BATCH_SIZE  # most images per forward pass
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    # Decided as retrain decides it, so that a default retrain reuses every vector.
+    runtime: str = RetrainConfig.runtime
 
     def check(self) -> None:
         """Raises InputError, naming the flag, for settings that cannot work."""
         if not self.image_dir:
             raise InputError("--image_dir is required")
+        check_runtime(self.runtime)
         if "://" in self.bottleneck_dir:
             raise InputError(f"--bottleneck_dir {self.bottleneck_dir}: the bottleneck store is a "
                              f"local or mounted folder (every worker appends to it), not a URI")
@@ -305,6 +308,7 @@ class AuditConfig:
     validation_percentage: float = RetrainConfig.validation_percentage
     testing_percentage: float = RetrainConfig.testing_percentage
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    runtime: str = RetrainConfig.runtime  # as retrain's, so a warm audit computes nothing
     # Out-of-fold probabilities: a head per fold, trained as retrain trains one, with an L2
     # penalty (retrain's default is none): a head that fits every training image, the
     # mislabelled ones too, gives overconfident out-of-fold probabilities. On the tiny
@@ -327,6 +331,7 @@ class AuditConfig:
 
     def check(self) -> None:
         """Raise InputError, naming the flag, for settings no audit can use."""
+        check_runtime(self.runtime)
         if self.folds < 2:
             raise InputError(f"--folds must be at least 2, got {self.folds}")
         if not self.l2 >= 0 or not math.isfinite(self.l2):

@@ -23,7 +23,8 @@ What is here, for extraction (`retrain`), `label` and `serve` alike:
   conversion), compare its outputs with TensorFlow's on a probe batch
   (`TOLERANCE`), and use LiteRT only if they agree. With `auto`, any failure
   falls back to TensorFlow with one log line saying why; with `litert` it is an error.
-- `for_extraction`: an `Extractor` whose forward pass runs on the chosen runtime.
+- `for_extraction`: an `Extractor` whose forward pass runs on the chosen runtime;
+  `extraction_conversion` names its kept conversion, which `extract`'s workers run.
 
 Fine-tuning and `explain` need gradients and stay on TensorFlow.
 """
@@ -431,6 +432,50 @@ def _refused(what: str, runtime: str, reason: str) -> None:
 def conversion_key(fingerprint: str, size: tuple[int, int]) -> str:
     """Names the conversion of a network with this fingerprint at this image size."""
     return f"{fingerprint[:32]}-{size[0]}x{size[1]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversion:
+    """A checked conversion kept in a folder: what another process (a pipeline's worker)
+    needs to run exactly the network this one checked. Picklable."""
+
+    folder: str
+    key: str
+    sha256: str
+
+    def load(self) -> InterpreterPool:
+        """The conversion's interpreters.
+
+        Raises:
+            ModelError: the `.tflite` is not in `folder`, or not the one that was checked.
+        """
+        model = Conversions(self.folder).model(self.key, self.sha256)
+        if model is None:
+            raise ModelError(f"the LiteRT conversion {self.key}.tflite is not in {self.folder} "
+                             f"as it was checked (sha256 {self.sha256[:16]}): every worker must "
+                             f"see the --bottleneck_dir the pipeline was started with")
+        return InterpreterPool(model)
+
+
+def extraction_conversion(extractor, cache_dir: str) -> Optional[Conversion]:
+    """Where `for_extraction(..., cache_dir)` kept the conversion `extractor` runs (None for
+    TensorFlow's extractor).
+
+    Raises:
+        ModelError: it could not be kept there (e.g. a read-only cache), so no other
+            process can run it.
+    """
+    pool = extractor.fn
+    if extractor.runtime == TF or not isinstance(pool, InterpreterPool):
+        return None
+    conversion = Conversion(os.path.join(cache_dir, "litert"),
+                            conversion_key(extractor.fingerprint, extractor.image_size),
+                            hashlib.sha256(pool.model).hexdigest())
+    if Conversions(conversion.folder).model(conversion.key, conversion.sha256) is None:
+        raise ModelError(f"cannot keep the LiteRT conversion of extractor {extractor.handle} "
+                         f"in {conversion.folder}, where the workers read it: use a writable "
+                         f"--bottleneck_dir, or --runtime tf")
+    return conversion
 
 
 def for_extraction(extractor, runtime: str, cache_dir: str):
