@@ -16,6 +16,19 @@ from helpers import FAST_TRAIN, run_cli  # noqa: E402
 from trxsfr.kit import write_fixtures  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def trxsfr_home(tmp_path_factory):
+    """$TRXSFR_HOME for the session (LiteRT conversions of exported models, Keras builds),
+    also in subprocesses: tests never write to the user's ~/.cache/trxsfr."""
+    before = os.environ.get("TRXSFR_HOME")
+    os.environ["TRXSFR_HOME"] = str(tmp_path_factory.mktemp("trxsfr_home"))
+    yield os.environ["TRXSFR_HOME"]
+    if before is None:
+        os.environ.pop("TRXSFR_HOME", None)
+    else:
+        os.environ["TRXSFR_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def fx(tmp_path_factory):
     """{'module', 'images', 'heldout'}: the `trxsfr fixtures` set."""

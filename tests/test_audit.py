@@ -132,6 +132,17 @@ def test_a_warm_audit_decodes_no_image_and_finds_the_same(planted, monkeypatch):
         assert doc[key] == planted["doc"][key]
 
 
+def test_an_audit_after_retrain_reads_its_vectors(trained, fx):
+    """Both default to --runtime auto, decided the same way: the audit computes nothing."""
+    import trxsfr
+
+    result = trxsfr.audit(AuditConfig(image_dir=fx["images"], tfhub_module=fx["module"],
+                                      bottleneck_dir=trained["cache"], folds=2,
+                                      how_many_training_steps=50))
+    assert result.computed == 0 and result.reused > 0
+    assert result.to_json()["settings"]["module"]["runtime"].startswith("litert-")
+
+
 def test_text_output_summarises(planted, fx):
     result = run_cli("audit", "--image_dir", planted["images"], "--tfhub_module", fx["module"],
                      "--bottleneck_dir", planted["work"] / "cache", "--top", "3", "--quiet")

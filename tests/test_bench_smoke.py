@@ -249,14 +249,17 @@ def test_linear_reference_uses_the_split_retrain_returned(trained, fx, tmp_path)
 
     import trxsfr
     from benchmarks import bench
-    from trxsfr.base import extractors
+    from trxsfr.base import extractors, litert
     from trxsfr.base.config import RetrainConfig
 
     result = trxsfr.retrain(RetrainConfig(
         image_dir=fx["images"], tfhub_module=fx["module"], bottleneck_dir=trained["cache"],
         saved_model_dir=str(tmp_path / "models"), summaries_dir="",
         how_many_training_steps=200))
-    ref = bench.linear_reference(result.image_set, extractors.load(fx["module"]),
+    # The extractor retrain computed its vectors with (--runtime auto: LiteRT's, whose
+    # conversion retrain kept in the cache), as bench.reference passes it.
+    computing = litert.for_extraction(extractors.load(fx["module"]), "auto", trained["cache"])
+    ref = bench.linear_reference(result.image_set, computing,
                                  trained["cache"], fx["heldout"], str(tmp_path / "heldout-cache"))
     assert ref["test_count"] == result.test_count and ref["cached_computed"] == 0
     assert ref["heldout_count"] == len(bench.image_paths(fx["heldout"]))
@@ -296,3 +299,48 @@ def test_object_photos_are_written_per_class(tmp_path):
     root = bench_audit.write_objects(str(tmp_path / "objects"), 2, seed=0, workers=1)
     assert sorted(os.listdir(root)) == sorted(bench_audit.CLASSES)
     assert all(len(os.listdir(os.path.join(root, c))) == 2 for c in bench_audit.CLASSES)
+
+
+def test_issue_23_figures_divide_by_both_raw_limits_at_batch_32():
+    """Cold extraction and `label` against TF's and LiteRT's raw rates of the same rounds
+    (batch 32), `label`'s one-image start-up subtracted; held-out accuracy of both runtimes."""
+    import types
+
+    from benchmarks import bench
+
+    b = types.SimpleNamespace(main_paths=["x"] * 400, raw={
+        "raw_forward_rounds": [{16: 90.0, 32: 100.0}, {16: 95.0, 32: 110.0}],
+        "litert_raw_forward_rounds": [{1: 50.0, 32: 180.0}, {1: 50.0, 32: 200.0}],
+        "cold_extraction": [{"images_per_s": v} for v in (150.0, 160.0, 170.0)],
+        "tf_cold_extraction": [{"images_per_s": 90.0}],
+        "litert_conversion": {"mobilenet": {"seconds": 2.0, "runtime": "litert-ab"}},
+        "raw_forward_rounds_beside_label": [{32: 100.0}, {32: 100.0}],
+        "litert_raw_forward_rounds_beside_label": [{32: 190.0}, {32: 190.0}],
+        "label_folder": [{"images": 300, "wall_s": w, "inference_seconds": 2.0,
+                          "accuracy": 0.9, "runtime": "LiteRT"} for w in (7.0, 6.0, 6.0)],
+        "label_one_image": [{"wall_s": 4.0}] * 3,
+        "tf_runtime_run": {"heldout_accuracy": 0.89, "heldout_images": 300},
+        "cold_retrain": [{"test_accuracy": 0.9}],
+    })
+    assert bench.fig_cold_vs_tf(b)["value"] == pytest.approx(160.0 / 105.0)
+    assert bench.fig_cold_vs_litert(b)["value"] == pytest.approx(160.0 / 190.0)
+    assert bench.fig_cold_vs_tf(b)["raw"]["tf_runtime_cold_extraction_vs_tf_raw_b32"] == \
+        pytest.approx(90.0 / 105.0)
+    assert bench.fig_label_vs_tf(b)["value"] == pytest.approx(300.0 / (6.0 - 4.0) / 100.0)
+    assert bench.fig_label_vs_litert(b)["value"] == pytest.approx(150.0 / 190.0)
+    assert bench.fig_runtime_accuracy(b)["value"] == pytest.approx(0.01)
+    del b.raw["litert_raw_forward_rounds"]  # LiteRT fell back: no limit, an error not a figure
+    with pytest.raises(RuntimeError, match="no raw rounds at batch 32"):
+        bench.fig_cold_vs_litert(b)
+
+
+def test_litert_raw_forward_measures_the_extractors_conversion(fx, tmp_path):
+    from benchmarks import bench
+    from trxsfr.base import extractors, litert
+
+    lite = litert.for_extraction(extractors.load(fx["module"]), "litert", str(tmp_path))
+    images = np.random.default_rng(0).random((4, 32, 32, 3), np.float32)
+    cpu = {}
+    rates = bench.litert_raw_forward(lite, images, 0.1, cpu, batch_sizes=(1, 4))
+    assert sorted(rates) == [1, 4] and all(v > 0 for v in rates.values()) and sorted(cpu) == [1, 4]
+    assert bench.litert_raw_forward(lite, images, 0.1, streams=2, batch_sizes=(4,))[4] > 0

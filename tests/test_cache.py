@@ -104,7 +104,11 @@ def test_other_modules_entries_untouched(fx, tmp_path):
     common = ["--image_dir", fx["images"], "--bottleneck_dir", cache,
               "--saved_model_dir", tmp_path / "m", "--summaries_dir", tmp_path / "r", *FAST_TRAIN]
     assert run_cli("retrain", "--tfhub_module", fx["module"], *common).code == 0
-    (first_ns,) = os.listdir(cache)
+
+    def stores():  # beside them: litert/, the extractors' LiteRT conversions
+        return [n for n in os.listdir(cache) if n != "litert"]
+
+    (first_ns,) = stores()
 
     def snapshot(ns):
         return {n: (cache / ns / n).read_bytes() for n in os.listdir(cache / ns)}
@@ -112,7 +116,7 @@ def test_other_modules_entries_untouched(fx, tmp_path):
     before = snapshot(first_ns)
     r = run_cli("retrain", "--tfhub_module", other, *common)
     assert r.code == 0 and "0 reused from cache, 120 computed" in r.out, r
-    assert len(os.listdir(cache)) == 2  # same architecture, other weights: other key
+    assert len(stores()) == 2  # same architecture, other weights: other key
     assert snapshot(first_ns) == before
 
 

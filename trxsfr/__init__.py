@@ -25,11 +25,12 @@ def retrain(config, on_progress=None):
     return _retrain(config, on_progress)
 
 
-def load(path):
-    """A `Predictor` for a SavedModel version dir, its base dir (highest version) or a .tflite."""
+def load(path, runtime=None):
+    """A `Predictor` for a SavedModel version dir, its base dir (highest version) or a .tflite;
+    `runtime` "auto" or "litert" runs a SavedModel's network on LiteRT (trxsfr.use.models)."""
     from trxsfr.use.models import load as _load
 
-    return _load(path)
+    return _load(path, runtime=runtime)
 
 
 def label(predictor, inputs, **options):

@@ -26,6 +26,17 @@ FORWARD_BATCH_SIZE = 16
 MAX_IMAGE_PIXELS = 40_000_000
 
 
+# Runtimes of a forward pass (--runtime): "auto" runs LiteRT where its outputs match
+# TensorFlow's and TensorFlow elsewhere; "tf" and "litert" insist (base/litert.py).
+RUNTIMES = ("auto", "tf", "litert")
+
+
+def check_runtime(runtime: str) -> None:
+    """Raise InputError (naming --runtime) unless `runtime` is one of RUNTIMES."""
+    if runtime not in RUNTIMES:
+        raise InputError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+
+
 # RetrainConfig fields that take comma-separated values (a sweep).
 SWEEPABLE = ("learning_rate", "l2", "label_smoothing")
 # How the new layer is fitted: "auto" chooses its L2 strength by cross-validation and fits
@@ -84,6 +95,9 @@ class RetrainConfig:
     # in [0, 1], or "auto" (chosen on the validation split for `unknown_precision`).
     unknown_threshold: Optional[Union[float, str]] = None
     unknown_precision: float = 0.95
+    # What computes bottleneck vectors: "auto" (LiteRT where it matches TensorFlow, else
+    # TensorFlow), "tf" or "litert" (base/litert.py).
+    runtime: str = "auto"
 
     def swept(self, name: str) -> tuple:
         """The values a setting takes in this run: the sweep's, or the single one."""
@@ -137,6 +151,7 @@ class RetrainConfig:
                 or self.tune_folds < 2:
             raise InputError(f"--tune_folds must be an integer of at least 2, "
                              f"got {self.tune_folds}")
+        check_runtime(self.runtime)
         for name in ("eval_step_interval", "image_size"):  # None: derived
             v = getattr(self, name)
             if v is not None and v <= 0:
@@ -192,8 +207,10 @@ class LabelConfig:
     batch_size: int = FORWARD_BATCH_SIZE
     min_accuracy: Optional[float] = None
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    runtime: str = "auto"  # of a SavedModel's forward pass; see RUNTIMES
 
     def check(self) -> None:
+        check_runtime(self.runtime)
         if self.max_image_pixels <= 0:
             raise InputError(f"--max_image_pixels must be positive, got {self.max_image_pixels}")
         if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
@@ -236,9 +253,11 @@ class ServeConfig:
     max_header_bytes: int = 64 * 1024
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 60.0
+    runtime: str = "auto"  # of each version's forward pass; see RUNTIMES
 
     def check(self) -> None:
         """Raises InputError, naming the flag, for settings that cannot work."""
+        check_runtime(self.runtime)
         positive = ("max_batch_size", "max_body_bytes", "max_images_per_request",
                     "max_image_pixels", "parse_threads", "num_batch_threads", "max_header_bytes")
         for name in positive:
@@ -286,11 +305,14 @@ class ExtractConfig:
     bottleneck_dir: str = RetrainConfig.bottleneck_dir  # a local or mounted folder
     batch_size: int = FORWARD_BATCH_SIZE  # most images per forward pass
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    # Decided as retrain decides it, so that a default retrain reuses every vector.
+    runtime: str = RetrainConfig.runtime
 
     def check(self) -> None:
         """Raises InputError, naming the flag, for settings that cannot work."""
         if not self.image_dir:
             raise InputError("--image_dir is required")
+        check_runtime(self.runtime)
         if "://" in self.bottleneck_dir:
             raise InputError(f"--bottleneck_dir {self.bottleneck_dir}: the bottleneck store is a "
                              f"local or mounted folder (every worker appends to it), not a URI")
@@ -311,6 +333,7 @@ class AuditConfig:
     validation_percentage: float = RetrainConfig.validation_percentage
     testing_percentage: float = RetrainConfig.testing_percentage
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    runtime: str = RetrainConfig.runtime  # as retrain's, so a warm audit computes nothing
     # Out-of-fold probabilities: a head per fold, trained as retrain trains one, with an L2
     # penalty (retrain's default is none): a head that fits every training image, the
     # mislabelled ones too, gives overconfident out-of-fold probabilities. On the tiny
@@ -333,6 +356,7 @@ class AuditConfig:
 
     def check(self) -> None:
         """Raise InputError, naming the flag, for settings no audit can use."""
+        check_runtime(self.runtime)
         if self.folds < 2:
             raise InputError(f"--folds must be at least 2, got {self.folds}")
         if not self.l2 >= 0 or not math.isfinite(self.l2):

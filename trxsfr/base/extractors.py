@@ -10,6 +10,8 @@ import os
 import re
 from typing import Any, Callable, Optional
 
+import numpy as np
+
 from trxsfr.base.errors import ModuleError, first_line, saved_model_failure
 
 log = logging.getLogger(__name__)
@@ -95,9 +97,31 @@ class Extractor:
     fingerprint: str  # hex digest of the module's graph and variable files
     module: Any  # the object hub.load returned; tracked by the exported model
     fn: Callable  # images -> features
+    # What runs `fn`: "tf", or "litert-<digest of the .tflite>" (base/litert.for_extraction);
+    # bottleneck stores key their vectors by it.
+    runtime: str = "tf"
 
     def __call__(self, images):
         return self.fn(images)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether a forward pass spreads over threads that wait for each other, so that a
+        decode thread preempting one stalls it (TensorFlow's ops; a LiteRT interpreter with
+        more than one thread): then pipelines lower decoding's priority (`imaging.batches`)."""
+        return getattr(self.fn, "sharded", True)
+
+    def reserve(self, streams: int) -> None:
+        """Make what `streams` forward passes at once need before a pipeline starts
+        (LiteRT's interpreters; see litert.InterpreterPool.reserve). Nothing for TF."""
+        reserve = getattr(self.fn, "reserve", None)
+        if reserve is not None:
+            reserve(streams)
+
+    def features(self, images) -> np.ndarray:
+        """float32 [N, dim] as a numpy array, whichever runtime computes it."""
+        out = self.fn(images)
+        return out if isinstance(out, np.ndarray) else out.numpy()
 
     @property
     def trainable_variables(self) -> list:

@@ -229,8 +229,9 @@ def usable_cores() -> int:
 DEMOTE_PIPELINE_THREADS = True
 
 
-def batches(ds: tf.data.Dataset):
-    """Iterate an `image_dataset` with its decode threads at the lowest CPU priority.
+def batches(ds: tf.data.Dataset, demote: Optional[bool] = None):
+    """Iterate an `image_dataset` with its decode threads at the lowest CPU priority
+    (`demote`, default DEMOTE_PIPELINE_THREADS; False: plain iteration).
 
     On a CPU the consumer is a forward pass that spreads each op over every core and
     waits for its slowest shard; a decode thread preempting one shard stalls the
@@ -241,9 +242,10 @@ def batches(ds: tf.data.Dataset):
     in a program that starts threads of its own meanwhile, those run at nice 19 too.
     Per-thread priorities are Linux's; elsewhere this is plain iteration.
     """
+    demote = DEMOTE_PIPELINE_THREADS if demote is None else demote
     known = _thread_ids()
     for item in ds:
-        if DEMOTE_PIPELINE_THREADS and known is not None:
+        if demote and known is not None:
             _demote_new_threads(known)  # every batch: tf.data starts threads as it goes
         yield item
 
@@ -252,18 +254,21 @@ def batches(ds: tf.data.Dataset):
 FORWARD_STREAMS = 2
 
 
-def map_batches(ds: tf.data.Dataset, fn, streams: Optional[int] = None):
+def map_batches(ds: tf.data.Dataset, fn, streams: Optional[int] = None,
+                demote: Optional[bool] = None):
     """Yield (positions as int64 [B], fn(images)) for each batch of an `image_dataset`.
 
     `fn` (a forward pass) runs on `streams` (default FORWARD_STREAMS) batches at
     once, in threads of its own: one stream of calls left up to a fifth of 2 cores
     idle between and inside ops, which two streams fill (measured with ready
     tensors). Results come back in the dataset's order. `fn` must be thread-safe
-    if streams > 1.
+    if streams > 1. `demote` as for `batches`: pass False when no forward pass is
+    spread over threads that wait for each other (single-threaded LiteRT
+    interpreters), which a decode thread could stall.
     """
     streams = FORWARD_STREAMS if streams is None else streams
     if streams < 2:
-        for pos, images in batches(ds):
+        for pos, images in batches(ds, demote):
             yield pos.numpy(), fn(images)
         return
     with concurrent.futures.ThreadPoolExecutor(streams) as pool:
@@ -274,7 +279,7 @@ def map_batches(ds: tf.data.Dataset, fn, streams: Optional[int] = None):
         started.wait()
         pending = collections.deque()
         try:
-            for pos, images in batches(ds):
+            for pos, images in batches(ds, demote):
                 if len(pending) == streams:
                     yield pending.popleft().result()
                 pending.append(pool.submit(lambda p=pos, x=images: (p.numpy(), fn(x))))

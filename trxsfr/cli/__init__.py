@@ -55,7 +55,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command in _TENSORFLOW_COMMANDS or (
             args.command == "info" and not is_tflite(args.model)):
         process.import_tensorflow_quietly()
-    process.log_to_stderr(quiet=getattr(args, "quiet", False))
+    with process.log_to_stderr(quiet=getattr(args, "quiet", False)):
+        return _run(args)
+
+
+def _run(args) -> int:
+    """The command, with a user's error as one line and exit code 2."""
     try:
         return args.run(args)
     except TrxsfrError as e:

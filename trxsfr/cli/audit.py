@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from trxsfr.base.config import DEFAULT_MODULE, AuditConfig
+from trxsfr.base.config import DEFAULT_MODULE, RUNTIMES, AuditConfig
 from trxsfr.cli.common import EXIT_OK, Formatter, ProgressBars, note, out
 
 
@@ -43,6 +43,9 @@ def add_audit_parser(sub) -> None:
                    help="Cache of bottleneck vectors, shared with retrain.")
     g.add_argument("--bottleneck_batch_size", type=int, default=d.bottleneck_batch_size,
                    help="Images per forward pass of the feature extractor.")
+    g.add_argument("--runtime", choices=RUNTIMES, default=d.runtime,
+                   help="What runs the extractor, as retrain's --runtime (use the same one to "
+                        "reuse its vectors: each runtime's are cached apart).")
     g = p.add_argument_group("Audit")
     g.add_argument("--folds", type=int, default=d.folds,
                    help="Folds of the out-of-fold probabilities (a head is trained per fold).")
@@ -93,7 +96,7 @@ def run_audit(args) -> int:
         bottleneck_dir=args.bottleneck_dir, bottleneck_batch_size=args.bottleneck_batch_size,
         validation_percentage=args.validation_percentage,
         testing_percentage=args.testing_percentage, max_image_pixels=args.max_image_pixels,
-        folds=args.folds, how_many_training_steps=args.how_many_training_steps,
+        runtime=args.runtime, folds=args.folds, how_many_training_steps=args.how_many_training_steps,
         learning_rate=args.learning_rate, l2=args.l2, seed=args.seed,
         near_duplicate_similarity=args.near_duplicate_similarity,
         near_duplicate_pixel_similarity=args.near_duplicate_pixel_similarity,

@@ -14,7 +14,7 @@ import importlib.util
 import json
 import logging
 
-from trxsfr.base.config import DEFAULT_MODULE, ExtractConfig, LabelConfig
+from trxsfr.base.config import DEFAULT_MODULE, RUNTIMES, ExtractConfig, LabelConfig
 from trxsfr.base.errors import InputError
 from trxsfr.cli import process
 from trxsfr.cli.common import (
@@ -111,6 +111,11 @@ def add_extract_parser(sub) -> None:
                         "every worker can write to.")
     g.add_argument("--batch_size", type=int, default=d.batch_size,
                    help="Most images per forward pass (Beam's BatchElements picks the size).")
+    g.add_argument("--runtime", choices=RUNTIMES, default=d.runtime,
+                   help="What runs the extractor, decided once by this process as retrain "
+                        "decides it (auto: LiteRT where its vectors match TensorFlow's, "
+                        "converted into --bottleneck_dir, whose copy the workers run); "
+                        "retrain reuses the vectors with the same --runtime.")
     g = p.add_argument_group("Pipeline (Apache Beam)")
     g.add_argument("--runner", default=DEFAULT_RUNNER,
                    help="Beam runner: DirectRunner, DataflowRunner, FlinkRunner, SparkRunner...")
@@ -126,7 +131,8 @@ def run_extract(args) -> int:
     require_beam()
     config = ExtractConfig(image_dir=args.image_dir, tfhub_module=args.tfhub_module,
                            image_size=args.image_size, bottleneck_dir=args.bottleneck_dir,
-                           batch_size=args.batch_size, max_image_pixels=args.max_image_pixels)
+                           batch_size=args.batch_size, max_image_pixels=args.max_image_pixels,
+                           runtime=args.runtime)
     config.check()
     process.import_tensorflow_quietly()  # after the checks above, which need no TensorFlow
     with quiet_beam(args.verbose):

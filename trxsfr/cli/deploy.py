@@ -10,7 +10,7 @@ import argparse
 import json
 import logging
 
-from trxsfr.base.config import LabelConfig, ServeConfig
+from trxsfr.base.config import RUNTIMES, LabelConfig, ServeConfig
 from trxsfr.base.errors import InputError
 from trxsfr.cli import process
 from trxsfr.cli.common import EXIT_OK, Formatter, out
@@ -50,6 +50,12 @@ def add_serve_parser(sub) -> None:
                         "writes it (the same path tensorflow_model_server takes).")
     g.add_argument("--model_name", default=d.model_name,
                    help="Name of the model in the URLs: /v1/models/<model_name>:predict.")
+    g.add_argument("--runtime", choices=RUNTIMES, default=d.runtime,
+                   help="What runs each version's network (decoding is TensorFlow's either "
+                        "way): litert (a float32 conversion of the whole model, made when the "
+                        "version loads and kept under $TRXSFR_HOME/litert), tf, or auto: LiteRT "
+                        "when its outputs match TensorFlow's on a probe batch, else TensorFlow "
+                        "with a line saying why.")
     g.add_argument("--file_system_poll_wait_seconds", type=float, default=d.poll_seconds,
                    help="Seconds between two looks at the base directory for new versions.")
     g.add_argument("--version_label", action="append", default=[], metavar="LABEL=VERSION",
@@ -124,7 +130,7 @@ def run_serve(args) -> int:
         version_labels=_version_labels(args.version_label),
         access_log=not args.quiet, max_header_bytes=args.max_header_bytes,
         header_timeout_seconds=args.header_timeout_seconds,
-        body_timeout_seconds=args.body_timeout_seconds,
+        body_timeout_seconds=args.body_timeout_seconds, runtime=args.runtime,
     )
 
     def ready(url: str, version: int, grpc_address) -> None:

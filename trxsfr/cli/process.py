@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import re
 import sys
-from typing import Optional
+from typing import Iterator, Optional
 
 from trxsfr.base.errors import os_errno
 from trxsfr.cli import native_stderr
@@ -21,6 +22,9 @@ def quiet_tensorflow() -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     logging.getLogger("absl").setLevel(logging.ERROR)
     native_stderr.enabled = True
+    from trxsfr.base import litert
+
+    litert.native_quiet = native_stderr.quiet  # interpreters made by --runtime litert/auto
 
 
 def import_tensorflow_quietly() -> None:
@@ -69,14 +73,24 @@ class LineFormatter(logging.Formatter):
         return message
 
 
-def log_to_stderr(quiet: bool) -> None:
-    """trxsfr's log lines go to stderr: warnings only with --quiet, else info too."""
+@contextlib.contextmanager
+def log_to_stderr(quiet: bool) -> Iterator[None]:
+    """While inside, trxsfr's log lines go to stderr: warnings only with --quiet, else info
+    too. The `trxsfr` logger is as it was again on leaving: `main` also runs in-process
+    (tests, notebooks), where a handler left on a since-replaced stderr and a logger that
+    stopped propagating would swallow every later log record."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LineFormatter())
     root = logging.getLogger("trxsfr")
+    saved = root.handlers[:], root.level, root.propagate
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if quiet else logging.INFO)
     root.propagate = False
+    try:
+        yield
+    finally:
+        root.handlers[:], root.propagate = saved[0], saved[2]
+        root.setLevel(saved[1])
 
 
 # OS errors a user can cause or fix, with what to do about each.

@@ -7,6 +7,7 @@ import argparse
 from trxsfr.base.config import (
     DEFAULT_MODULE,
     OPTIMISER_SETTINGS,
+    RUNTIMES,
     SWEEPABLE,
     TUNE_MODES,
     UNKNOWN_AUTO,
@@ -58,6 +59,13 @@ def add_retrain_parser(sub) -> None:
                    help="Cache of bottleneck vectors, shared safely between runs and modules.")
     g.add_argument("--bottleneck_batch_size", type=int, default=d.bottleneck_batch_size,
                    help="Images per forward pass of the feature extractor (two run at once).")
+    g.add_argument("--runtime", choices=RUNTIMES, default=d.runtime,
+                   help="What runs the extractor to compute bottlenecks: litert (a float32 "
+                        ".tflite conversion, kept in --bottleneck_dir, on LiteRT's "
+                        "interpreter: about 1.8x TensorFlow's images/s), tf (TensorFlow), or "
+                        "auto: LiteRT when its vectors match TensorFlow's on a probe batch, "
+                        "else TensorFlow with a line saying why. Each runtime's vectors are "
+                        "cached apart. Fine-tuning and the export always use TensorFlow.")
     g = p.add_argument_group("Training")
     g.add_argument("--tune", choices=TUNE_MODES, default=d.tune, action=_Given,
                    help="auto: choose the new layer's L2 penalty by k-fold cross-validation on "
@@ -233,7 +241,7 @@ def retrain_config(args) -> RetrainConfig:
         eval_step_interval=args.eval_step_interval, summaries_dir=args.summaries_dir,
         saved_model_dir=args.saved_model_dir, output_labels=args.output_labels,
         print_misclassified_test_images=args.print_misclassified_test_images,
-        seed=args.seed, max_image_pixels=args.max_image_pixels,
+        seed=args.seed, max_image_pixels=args.max_image_pixels, runtime=args.runtime,
         flip_left_right=args.flip_left_right, random_crop=args.random_crop,
         random_scale=args.random_scale, random_brightness=args.random_brightness,
         augment_copies=args.augment_copies, fine_tune_steps=args.fine_tune_steps,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from trxsfr.base.config import LabelConfig
+from trxsfr.base.config import RUNTIMES, LabelConfig
 from trxsfr.cli import beam, codelab, process, web
 from trxsfr.cli.common import (
     EXIT_BELOW_GATE,
@@ -55,6 +55,13 @@ def add_label_parser(sub) -> None:
     g.add_argument("--batch_size", type=int, default=d.batch_size,
                    help="Images per forward pass (two run at once, one for a .tflite model).")
     g.add_argument("--top_k", type=int, default=d.top_k, help="Classes listed per image.")
+    g.add_argument("--runtime", choices=RUNTIMES, default=d.runtime,
+                   help="What runs a SavedModel's network (decoding is TensorFlow's either way): "
+                        "litert (a float32 conversion of the whole model, kept under "
+                        "$TRXSFR_HOME/litert, on LiteRT's interpreter), tf, or auto: LiteRT "
+                        "when its outputs match TensorFlow's on a probe batch and a conversion "
+                        "is cached or pays for itself (200 images or more), else TensorFlow. "
+                        "A .tflite always runs on LiteRT, a frozen graph on TensorFlow.")
     g.add_argument("--max_image_pixels", type=int, default=d.max_image_pixels,
                    help="Skip (and name) images whose header declares more pixels than this, "
                         "without decoding them.")
@@ -86,7 +93,8 @@ def run_label(args) -> int:
 
     config = LabelConfig(model=args.model, inputs=tuple(args.inputs) + tuple(args.image),
                          top_k=args.top_k, batch_size=args.batch_size,
-                         min_accuracy=args.min_accuracy, max_image_pixels=args.max_image_pixels)
+                         min_accuracy=args.min_accuracy, max_image_pixels=args.max_image_pixels,
+                         runtime=args.runtime)
     config.check()
     if args.report:
         from trxsfr import report as html_report
@@ -94,7 +102,7 @@ def run_label(args) -> int:
         html_report.check_output(args.report)  # before the work, not after it
     graph_options = codelab.label_graph_options(args)  # label_image.py's flags, for a .pb
     process.import_tensorflow_quietly()  # after the checks above, which need no TensorFlow
-    predictor = process.quietly(models.load, config.model, graph_options)
+    predictor = process.quietly(models.load, config.model, graph_options, config.runtime)
     with ProgressBars(not args.quiet and args.format != "json") as bars:
         run = labeling.run(predictor, config.inputs, batch_size=config.batch_size,
                            on_progress=bars, labels_file=args.labels,

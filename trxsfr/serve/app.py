@@ -370,7 +370,8 @@ def serve(config: ServeConfig, on_ready=None) -> None:
     if is_version_dir(base):
         raise ModelError(f"--model_base_path {base} is a model version itself; pass its parent "
                          f"directory (versions are numbered sub-directories, as for TF Serving)")
-    watcher = VersionWatcher(base, dict(config.version_labels), config.poll_seconds)
+    watcher = VersionWatcher(base, dict(config.version_labels), config.poll_seconds,
+                             runtime=config.runtime)
     watcher.poll(wait_until_stable=False)
     if watcher.snapshot.latest is None:
         raise ModelError(f"no working model version under {base}: expected numbered "

@@ -84,7 +84,8 @@ class LoadedVersion:
         import tensorflow as tf
 
         def run(kept: list) -> np.ndarray:
-            return self.predict_bytes(tf.constant([e.data for part in kept for e in part])).numpy()
+            return np.asarray(self.predict_bytes(tf.constant([e.data for part in kept
+                                                              for e in part])))
 
         try:
             return run(parts), [None] * len(parts)
@@ -132,19 +133,26 @@ def _signature_defs(version_dir: str) -> dict:
             for name, sig in graph.signature_def.items()}
 
 
-def load_version(base: str, version: int) -> LoadedVersion:
+def load_version(base: str, version: int, runtime: str = "tf") -> LoadedVersion:
     """Load `<base>/<version>` completely and run it once, or raise.
 
+    `runtime` ("auto", "tf", "litert") says what runs its network (use/converted.py);
+    a conversion to LiteRT is made (or taken from its cache) and checked here, before
+    the version answers anything.
+
     Raises:
-        ModelError: the directory is not a complete, working trxsfr model.
+        ModelError: the directory is not a complete, working trxsfr model, or runtime
+            "litert" and LiteRT cannot run it as TensorFlow does.
     """
     import tensorflow as tf
 
     from trxsfr.base import imaging
-    from trxsfr.use.classifier import Classifier
+    from trxsfr.use.models import load
 
     path = os.path.join(base, str(version))
-    clf = Classifier(path)
+    clf = load(path, runtime=runtime)
+    if runtime != "tf" and clf.prepare():  # a server labels many images: convert now,
+        clf.reserve(imaging.FORWARD_STREAMS)  # off the request path (2 batch threads)
     size = clf.image_size
 
     def decode(image_bytes):
@@ -157,7 +165,10 @@ def load_version(base: str, version: int) -> LoadedVersion:
     decode_batch = tf.function(decode, input_signature=bytes_spec)
 
     own_decode = clf.saved_model.signatures[SIGNATURE_BYTES] if clf.needs_own_decode else None
-    if own_decode is None:
+    if getattr(clf, "on_litert", False):
+        def predict_bytes(image_bytes):  # TF decodes, LiteRT runs the network
+            return clf.predict_images(decode_batch(image_bytes).numpy())
+    elif own_decode is None:
         # Decode and forward pass in one call: at one image per request, calling the two
         # from Python cost 0.4-1 ms more per request (of about 10); the same at 20 images.
         @tf.function(input_signature=bytes_spec)
@@ -169,7 +180,7 @@ def load_version(base: str, version: int) -> LoadedVersion:
     try:
         probe = tf.io.encode_png(tf.zeros([2, 2, 3], tf.uint8))
         # Traces and warms up both paths (images as bytes, and as floats) off the request path.
-        probs = predict_bytes(probe[None]).numpy()
+        probs = np.asarray(predict_bytes(probe[None]))
         clf.predict_images(decode_batch(probe[None]))
         if probs.shape != (1, len(clf.labels)) or not np.all(np.isfinite(probs)):
             raise ModelError(f"{path} gives probabilities of shape {probs.shape} for "
@@ -213,8 +224,10 @@ class VersionWatcher:
     version that fails to load is never served (nor retried until its files change).
     """
 
-    def __init__(self, base: str, version_labels: dict[str, int], poll_seconds: float):
+    def __init__(self, base: str, version_labels: dict[str, int], poll_seconds: float,
+                 runtime: str = "tf"):
         self.base = base
+        self.runtime = runtime
         self.version_labels = dict(version_labels)
         self.poll_seconds = poll_seconds
         self.snapshot = Snapshot(None, {})
@@ -225,7 +238,7 @@ class VersionWatcher:
 
     def _try_load(self, version: int, state: tuple) -> Optional[LoadedVersion]:
         try:
-            lv = load_version(self.base, version)
+            lv = load_version(self.base, version, self.runtime)
         except TrxsfrError as e:
             self._failed[version] = state
             log.warning("not serving version %d: %s", version, e)

@@ -503,7 +503,7 @@ def audit(config: AuditConfig, on_progress: Optional[ProgressFn] = None) -> Audi
         TrxsfrError: the folder cannot be audited (fewer than 2 classes, a bad flag, no
             cleanlab), or the module cannot be loaded.
     """
-    from trxsfr.base import extractors, files
+    from trxsfr.base import extractors, files, litert
     from trxsfr.train import cache, head
 
     t0 = time.perf_counter()
@@ -518,6 +518,8 @@ def audit(config: AuditConfig, on_progress: Optional[ProgressFn] = None) -> Audi
     prefetch = cache.KeyPrefetch(config.bottleneck_dir, paths)
     try:
         extractor = extractors.load(config.tfhub_module, config.image_size)
+        # On retrain's runtime (--runtime), so a warm audit reads retrain's vectors.
+        extractor = litert.for_extraction(extractor, config.runtime, config.bottleneck_dir)
     finally:
         prefetched = prefetch.stop()
     timings["module_load_s"] = time.perf_counter() - t0
@@ -618,7 +620,7 @@ def audit(config: AuditConfig, on_progress: Optional[ProgressFn] = None) -> Audi
     settings = {k: v for k, v in dataclasses.asdict(config).items()}
     settings["module"] = {"handle": config.tfhub_module, "fingerprint": extractor.fingerprint,
                           "image_size": list(extractor.image_size),
-                          "feature_dim": extractor.dim}
+                          "feature_dim": extractor.dim, "runtime": extractor.runtime}
     log.info("audit: %d images, %d label issues, %d duplicate pairs, out-of-fold accuracy "
              "%.1f%% (%.1fs)", len(items), len(issues), len(duplicates),
              100 * float(np.mean(probs.argmax(axis=1) == labels_of)), timings["total_s"])

@@ -51,7 +51,7 @@ class ExtractResult:
     computed: int  # vectors computed and appended by this run
     failed: list[Skipped]  # unreadable, undecodable or not images, sorted by path
     seconds: float  # the pipeline's wall time (listing and the driver's model load excluded)
-    load_seconds: float  # the driver's model load (fingerprint, size and dimension)
+    load_seconds: float  # the driver's model load (fingerprint, size, dimension, runtime)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,10 +119,15 @@ class WriteVectors(beam.DoFn):
             store.close()
 
 
-def load_extractor(handle: str, image_size: Optional[int], fingerprint: str):
-    """The extractor on a worker, checked to be the one the driver keyed the store by."""
+def load_extractor(handle: str, image_size: Optional[int], fingerprint: str,
+                   conversion=None):
+    """The extractor on a worker, checked to be the one the driver keyed the store by:
+    the LiteRT conversion the driver checked (`litert.Conversion`, read from the store's
+    folder: its sha256 names the store), or else the module, by its fingerprint."""
     from trxsfr.base import extractors
 
+    if conversion is not None:
+        return conversion.load()
     extractor = extractors.load(handle, image_size)
     if extractor.fingerprint != fingerprint:
         raise ModuleError(f"module {handle} on this worker is not the one the pipeline was "
@@ -132,8 +137,9 @@ def load_extractor(handle: str, image_size: Optional[int], fingerprint: str):
 
 
 def features(extractor, images: np.ndarray) -> np.ndarray:
-    """float32 [N, H, W, 3] in [0, 1] -> float32 [N, dim]."""
-    return extractor(images).numpy()
+    """float32 [N, H, W, 3] in [0, 1] -> float32 [N, dim], on either runtime."""
+    out = extractor(images)
+    return out if isinstance(out, np.ndarray) else out.numpy()
 
 
 def _failure(element) -> str:
@@ -154,13 +160,18 @@ def extract(config: ExtractConfig, pipeline_args: Sequence[str] = ()) -> Extract
     Raises:
         TrxsfrError: an unknown option, no images, an unusable module or store.
     """
-    from trxsfr.base import extractors
+    from trxsfr.base import extractors, litert
 
     config.check()
     options = beam_steps.pipeline_options(pipeline_args)
     paths, _, skipped = beam_steps.list_images(config.image_dir)
     t0 = time.perf_counter()
     extractor = extractors.load(config.tfhub_module, config.image_size)
+    # The runtime is decided here, once, as retrain decides it (the same conversion, check
+    # and fallback, kept in the same folder), so the vectors go to the store retrain
+    # reads with the same --runtime; the workers run what was decided.
+    extractor = litert.for_extraction(extractor, config.runtime, config.bottleneck_dir)
+    conversion = litert.extraction_conversion(extractor, config.bottleneck_dir)
     load_seconds = time.perf_counter() - t0
     store = cache.store_for(config.bottleneck_dir, extractor)
     store.close()
@@ -168,12 +179,12 @@ def extract(config: ExtractConfig, pipeline_args: Sequence[str] = ()) -> Extract
         meta = json.load(f)  # store_for wrote it; a worker writes it again only if it is lost
     spec = StoreSpec(os.path.abspath(os.path.dirname(store.dir)), os.path.basename(store.dir),
                      store.dim, meta)  # absolute: a worker's working directory may differ
-    log.info("extract: %d images from %s with %s (%dx%d -> %d-d) into %s", len(paths),
-             config.image_dir, config.tfhub_module, *extractor.image_size, extractor.dim,
-             store.dir)
+    log.info("extract: %d images from %s with %s (%dx%d -> %d-d, runtime %s) into %s",
+             len(paths), config.image_dir, config.tfhub_module, *extractor.image_size,
+             extractor.dim, extractor.runtime, store.dir)
     handler = KeyedModelHandler(beam_steps.ForwardHandler(
         functools.partial(load_extractor, config.tfhub_module, config.image_size,
-                          extractor.fingerprint),
+                          extractor.fingerprint, conversion),
         features, config.batch_size, "extract"))
     # The dead letters come back through files beside the store (which every worker can
     # reach), read and removed once the pipeline is done.

@@ -373,12 +373,22 @@ class BottleneckStore:
 
 
 def store_for(bottleneck_dir: str, extractor) -> BottleneckStore:
-    """The store of `extractor` under `bottleneck_dir` (other extractors' stores are untouched)."""
+    """The store of `extractor` under `bottleneck_dir` (other extractors' stores are untouched).
+
+    Runtimes are stores apart: TensorFlow's and LiteRT's vectors of one image differ
+    in float rounding (about 1e-6 relative), and a store holding both would make
+    "same data and seed, bit-identical weights" depend on which run computed which
+    vector. TensorFlow's store keeps the key it always had.
+    """
     h, w = extractor.image_size
+    runtime = getattr(extractor, "runtime", "tf")
     namespace_src = f"{extractor.fingerprint}|{imaging.PREPROCESSING_VERSION}|{h}x{w}"
+    if runtime != "tf":
+        namespace_src += f"|{runtime}"
     namespace = f"{hashlib.sha256(namespace_src.encode()).hexdigest()[:20]}-{h}x{w}"
     meta = {"module": extractor.handle, "fingerprint": extractor.fingerprint,
-            "preprocessing": imaging.PREPROCESSING_VERSION, "image_size": [h, w]}
+            "preprocessing": imaging.PREPROCESSING_VERSION, "image_size": [h, w],
+            "runtime": runtime}
     return BottleneckStore(bottleneck_dir, namespace, extractor.dim, meta)
 
 
@@ -523,7 +533,9 @@ def ensure(
                                    seeds, max_pixels)
         returned = np.zeros(len(missing), bool)
         stage = "augmented views" if distortion is not None else "bottlenecks"
-        for pos, vectors in imaging.map_batches(ds, lambda x: extractor(x).numpy()):
+        extractor.reserve(imaging.FORWARD_STREAMS)
+        for pos, vectors in imaging.map_batches(ds, extractor.features,
+                                                demote=extractor.sharded):
             returned[pos] = True
             store.put_many([jobs[missing[p]][1] for p in pos], vectors)
             computed += len(pos)

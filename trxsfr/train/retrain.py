@@ -148,7 +148,7 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
     Raises:
         TrxsfrError: the data, module or destinations cannot make a model.
     """
-    from trxsfr.base import extractors
+    from trxsfr.base import extractors, litert
     from trxsfr.train import cache, export, freeze, head
 
     timings = {}
@@ -181,10 +181,15 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
     log.info("module %s: %dx%d images -> %d-d features", config.tfhub_module,
              *extractor.image_size, extractor.dim)
     graphs = freeze.prepare(config, extractor, image_set.labels)  # None unless --output_graph
-    store = cache.store_for(config.bottleneck_dir, extractor)
+    # Vectors are computed on LiteRT where it gives TensorFlow's numbers (--runtime);
+    # fine-tuning, the frozen graph and the export keep the TensorFlow extractor.
+    t_runtime = time.perf_counter()
+    computing = litert.for_extraction(extractor, config.runtime, config.bottleneck_dir)
+    timings["runtime_s"] = time.perf_counter() - t_runtime
+    store = cache.store_for(config.bottleneck_dir, computing)
     try:
         store.paths.add_many(prefetched)
-        cached = cache.ensure(ordered_paths, extractor, store,
+        cached = cache.ensure(ordered_paths, computing, store,
                                     config.bottleneck_batch_size, on_progress,
                             max_pixels=config.max_image_pixels)
         augmented = None
@@ -193,7 +198,7 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
             train_items = [it for it in ordered if it.split == Split.TRAIN
                            and image_set.abs_path(it) not in unreadable]
             augmented = cache.ensure(
-                [image_set.abs_path(it) for it in train_items], extractor, store,
+                [image_set.abs_path(it) for it in train_items], computing, store,
                 config.bottleneck_batch_size, on_progress,
                 distortion=distortion, copies=config.augment_copies,
                 max_pixels=config.max_image_pixels)

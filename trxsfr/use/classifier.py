@@ -60,6 +60,8 @@ class Classifier:
 
     # Batches `predict_paths` runs through the model at once (None: imaging's default).
     forward_streams: Optional[int] = None
+    # Whether decoding yields to the forward pass (imaging.batches); see converted.py.
+    demote_decoding: bool = True
 
     def __init__(self, path: str):
         import tensorflow as tf
@@ -213,7 +215,8 @@ class Classifier:
             ds = imaging.image_dataset(paths, self.image_size, batch_size,
                                        max_pixels=max_pixels)
             for pos, batch_probs in imaging.map_batches(ds, self.predict_images,
-                                                           self.forward_streams):
+                                                           self.forward_streams,
+                                                           self.demote_decoding):
                 probs[pos] = batch_probs
                 returned[pos] = True
                 if on_progress:

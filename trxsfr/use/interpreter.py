@@ -16,20 +16,12 @@ import numpy as np
 
 from trxsfr.base import contract
 from trxsfr.base.errors import ModelError, first_line
+from trxsfr.base.litert import (
+    interpreter_class,  # re-exported: tests and info import it here
+)
 from trxsfr.use.classifier import Classifier
 
 log = logging.getLogger(__name__)
-
-
-def interpreter_class():
-    """The LiteRT interpreter (`ai-edge-litert`) when installed, else `tf.lite.Interpreter`."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        import tensorflow as tf
-
-        Interpreter = tf.lite.Interpreter
-    return Interpreter
 
 
 class TFLiteClassifier(Classifier):

@@ -92,6 +92,7 @@ class LabelRun:
     load_seconds: float
     inference_seconds: float
     evaluation: Optional[dict]  # metrics over entries with a truth
+    runtime: Optional[str] = None  # what ran the network (TensorFlow, LiteRT), as it says
 
     @property
     def unknown_threshold(self) -> Optional[float]:
@@ -140,6 +141,7 @@ class LabelRun:
             "load_seconds": self.load_seconds,
             "inference_seconds": self.inference_seconds,
             "ms_per_image": self.per_image_ms,
+            "runtime": self.runtime,
             "evaluation": None,
         }
         if self.unknown_threshold is not None:  # absent otherwise, as from older trxsfr
@@ -272,4 +274,5 @@ def run(predictor: Predictor, inputs: Sequence[str], batch_size: int = FORWARD_B
                 "coverage": float(accepted.mean()),
                 "accuracy_accepted": float(right[accepted].mean()) if accepted.any() else None}
     return LabelRun(clf.path, clf.labels, clf.info, kept, preds.probabilities, skipped,
-                       unknown, clf.load_seconds, preds.seconds, evaluation)
+                       unknown, clf.load_seconds, preds.seconds, evaluation,
+                       getattr(clf, "runtime", None))
