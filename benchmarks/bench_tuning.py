@@ -69,12 +69,23 @@ def log(message: str) -> None:
 
 # ------------------------------------------------------------------ vectors and models
 
+def computing(extractor, cache_dir: str):
+    """The extractor a default retrain computes its vectors with in `cache_dir`
+    (--runtime auto: LiteRT's, with the conversion it keeps there), so the reference
+    reads the very vectors the new layer was fitted on."""
+    from trxsfr.base import litert
+    from trxsfr.base.config import RetrainConfig
+
+    return litert.for_extraction(extractor, RetrainConfig.runtime, cache_dir)
+
+
 def vectors(cache_dir: str, extractor, paths: Sequence[str]):
     """(float32 [N, D], positions of `paths` that decoded) from the cache (computing any
-    missing ones, e.g. a held-out folder's)."""
+    missing ones, e.g. a held-out folder's), as a default retrain computes them."""
     from trxsfr.base.config import RetrainConfig
     from trxsfr.train import cache
 
+    extractor = computing(extractor, cache_dir)
     store = cache.store_for(cache_dir, extractor)
     try:
         result = cache.ensure(list(paths), extractor, store, RetrainConfig.bottleneck_batch_size)
@@ -207,7 +218,8 @@ def cost(work: str, folder: str, module: str, extractor) -> dict:
     paths = bench.image_paths(folder)
     cache_dir = os.path.join(work, "cache", "photos")
     log(f"cold extraction of {len(paths)} pictures")
-    cold = bench.cold_extraction(paths, extractor, cache_dir, RetrainConfig.bottleneck_batch_size)
+    cold = bench.cold_extraction(paths, computing(extractor, cache_dir), cache_dir,
+                                 RetrainConfig.bottleneck_batch_size)
     config = RetrainConfig(image_dir=folder, tfhub_module=module, bottleneck_dir=cache_dir,
                            summaries_dir="", saved_model_dir=os.path.join(work, "models", "cost"))
     runs = {"auto": [], "off": []}

@@ -66,8 +66,8 @@ def add_audit_parser(sub) -> None:
                    help="Similarity of the two images' 16x16 colour thumbnails at or above "
                         "which a candidate is a near duplicate.")
     g.add_argument("--outlier_neighbours", type=int, default=d.outlier_neighbours,
-                   help="Outlier score: mean whitened (Mahalanobis) distance to this many "
-                        "nearest images.")
+                   help="Outlier score: mean Euclidean distance (centred vectors) to this "
+                        "many nearest images.")
     g.add_argument("--outliers", type=int, default=d.outliers,
                    help="How many of the most isolated images are listed.")
     g.add_argument("--max_pairs", type=int, default=d.max_pairs,
@@ -142,7 +142,7 @@ def text_lines(doc: dict, top: int) -> list[str]:
                  f"splits (leakage), {across} across classes")
     lines += [f"  {d['kind']:5s} {d['similarity']:.4f}  {d['paths'][0]}  {d['paths'][1]}  "
               f"({'/'.join(d['splits'])}; {'/'.join(d['classes'])})" for d in dups[:top]]
-    lines.append(f"Outliers (mean whitened distance to the "
+    lines.append(f"Outliers (mean distance to the "
                  f"{doc['settings']['outlier_neighbours']} nearest images, highest first):")
     lines += [f"  {o['score']:.4f}  z {o['robust_z']:5.1f}  {o['path']}" for o in
               doc["outliers"][:top]]
