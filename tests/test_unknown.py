@@ -122,6 +122,16 @@ def test_signature_label_serve_and_tflite_agree(model, tmp_path):
         server.stop()
 
 
+def test_info_shows_the_threshold(model):
+    from trxsfr.base import contract
+
+    threshold = contract.read_info(contract.info_path(model["version"])).unknown_threshold
+    doc = json.loads(run_cli("info", model["version"], "--runs", "1", "--format", "json").out)
+    assert doc["unknown_threshold"] == threshold
+    text = run_cli("info", model["version"], "--runs", "1")
+    assert f"Unknown threshold: {threshold:.4f}" in text.out
+
+
 def test_label_evaluation_and_report_show_coverage(model, tmp_path):
     report = tmp_path / "r.html"
     result = run_cli("label", "--model", model["version"], model["noise"], "--report", report)

@@ -64,6 +64,7 @@ class Footprint:
     latency_ms_p90: float
     batch_size: int
     throughput_images_per_s: float  # at batch_size per call
+    unknown_threshold: Optional[float] = None  # top scores below it answer "unknown"
 
     def to_json(self) -> dict:
         doc = dataclasses.asdict(self)
@@ -121,4 +122,5 @@ def measure(model: str, batch_size: int = 32, runs: int = 20) -> Footprint:
         latency_ms_p90=single_ms[min(len(single_ms) - 1, int(0.9 * len(single_ms)))],
         batch_size=batch_size,
         throughput_images_per_s=batch_size / statistics.median(batched),
+        unknown_threshold=clf.info.unknown_threshold,
     )

@@ -242,6 +242,8 @@ def info_lines(fp) -> list[str]:
         f"Runtime: {fp.runtime}",
         f"Module: {fp.module or 'unknown'}",
         f"Labels ({len(fp.labels)}): {', '.join(fp.labels)}",
+        *([f"Unknown threshold: {fp.unknown_threshold:.4f} (a top score below it answers "
+           f"\"unknown\")"] if fp.unknown_threshold is not None else []),
         f"Image size: {fp.image_size[0]}x{fp.image_size[1]}",
         f"Parameters: {fp.parameters:,}",
         f"Size on disk: {fp.disk_bytes / mb:.2f} MiB ({fp.disk_bytes:,} bytes)",
