@@ -495,9 +495,13 @@ def test_label_a_url_scores_as_its_downloaded_file(server, trained, fx, tmp_path
     on_file = run_cli("label", "--model", trained["base"], local, "--quiet")
     assert on_file.code == 0, on_file
     dead = server.base + "/missing.jpg"
+    report = tmp_path / "urls.html"
     on_url = run_cli("label", "--model", trained["base"], "--allow_private", "--quiet", url,
-                     dead, urls, local)
+                     dead, urls, local, "--report", report)
     assert on_url.code == 0, on_url
+    # The report's thumbnails of URL inputs come from their fetched copies.
+    page = report.read_text(encoding="utf-8")
+    assert "image not found" not in page and url in page
     scores = [line for line in on_file.lines if line.endswith(" " + local)]
     assert scores and [line.replace(local, url) for line in scores] == \
         [line for line in on_url.lines if line.endswith(" " + url)]

@@ -456,14 +456,18 @@ def _confusion(doc: dict) -> str:
 class _Images:
     """Finds each image file and makes its thumbnail once; counts those it cannot read."""
 
-    def __init__(self, base_dirs: Sequence[str]):
+    def __init__(self, base_dirs: Sequence[str], local: Optional[dict] = None):
         self.base_dirs = list(base_dirs)
+        self.local = local or {}
         self.missing = 0
         self.made = 0
 
     def uri(self, path: str) -> Optional[str]:
-        candidates = [path] + ([os.path.join(b, path) for b in self.base_dirs]
-                               if not os.path.isabs(path) else [])
+        if path in self.local:  # a URL: its fetched copy
+            candidates = [self.local[path]]
+        else:
+            candidates = [path] + ([os.path.join(b, path) for b in self.base_dirs]
+                                   if not os.path.isabs(path) else [])
         found = next((c for c in candidates if os.path.isfile(c)), None)
         uri = thumbnail_uri(found) if found else None
         if uri is None:
@@ -562,7 +566,7 @@ def _training(doc: dict) -> str:
 
 
 def render(doc: dict, thumbnails: int = DEFAULT_THUMBNAILS,
-           base_dirs: Sequence[str] = ()) -> tuple[str, dict]:
+           base_dirs: Sequence[str] = (), local: Optional[dict] = None) -> tuple[str, dict]:
     """The report page for one label document.
 
     Args:
@@ -570,13 +574,15 @@ def render(doc: dict, thumbnails: int = DEFAULT_THUMBNAILS,
         thumbnails: most thumbnails per gallery; longer lists go on as a table.
         base_dirs: where to look for images whose relative path does not resolve
             from the working directory (e.g. the folder of a saved JSON).
+        local: {path in the document: file to read it from}, for inputs that are not
+            files (a URL's fetched copy).
 
     Returns:
         (HTML text, {"thumbnails": made, "missing_images": unreadable}).
     """
     labels = doc["labels"]
     rows = _rows(doc)
-    images = _Images(base_dirs)
+    images = _Images(base_dirs, local)
     title = f"trxsfr report: model {doc.get('version', '?')}"
     parts = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
              f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -662,7 +668,9 @@ def write(run: LabelRun, out_path: str, thumbnails: int = DEFAULT_THUMBNAILS,
     """
     check_settings(out_path, thumbnails)
     doc = run.to_json(top_k)
-    text, counts = render(doc, thumbnails, base_dirs)
+    # URLs' fetched copies exist while this process runs: thumbnails come from them.
+    text, counts = render(doc, thumbnails, base_dirs,
+                          {e.path: e.file for e in run.entries if e.file})
     data = text.encode("utf-8")
     try:
         write_new(out_path, data)
