@@ -179,10 +179,14 @@ def test_with_the_default_search_the_threshold_sees_only_held_out_images(model, 
     if setting == "auto":
         assert info.tuning["pool_images"] == counts["train"]
         assert any("--unknown_threshold auto" in note for note in info.tuning["notes"])
+        assert not info.tuning["with_validation"]
+        assert any(line.endswith("training images (rule: highest cross-validated accuracy, "
+                                 "then lowest cross entropy):") for line in result.lines)
         assert info.metrics["validation_accuracy"] is not None
         assert unknown["validation"]["accepted"] >= 1
     else:
         assert info.tuning["pool_images"] == counts["train"] + counts["validation"]
+        assert info.tuning["with_validation"]
         assert info.metrics["validation_accuracy"] is None
         assert "validation" not in unknown and unknown["threshold"] == pytest.approx(0.6)
 

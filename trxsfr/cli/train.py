@@ -327,8 +327,9 @@ def tuning_lines(t: dict) -> list[str]:
     """What --tune auto tried and chose (a Tuning record), as printed after a retrain."""
     lines = []
     if t["tried"]:
+        pool = "training + validation" if t.get("with_validation", True) else "training"
         lines.append(f"L2 penalty by {t['folds']}-fold cross-validation on {t['search_images']} "
-                     f"training + validation images (rule: {t['rule']}):")
+                     f"{pool} images (rule: {t['rule']}):")
         rows = [[f"{r['l2']:.3g}", f"{r['cv_cross_entropy']:.4f}",
                  f"{100 * r['cv_accuracy']:.1f}%", str(r["iterations"]), f"{r['seconds']:.2f}s",
                  "<- chosen" if r["chosen"] else ""] for r in t["tried"]]

@@ -123,6 +123,7 @@ class Tuning:
     fit_iterations: int
     fit_seconds: float
     notes: list = dataclasses.field(default_factory=list)  # samples, fewer folds, fallbacks
+    with_validation: bool = True  # the validation images joined the search and the fit
 
     @property
     def chosen(self) -> Optional[dict]:
@@ -539,7 +540,8 @@ def _train(features, labels, num_classes, o: TuneOptions, validation, plain_rows
     tuning = Tuning(l2=l2, cv_l2=cv_l2, rule=RULE, folds=k, pool_images=int(len(searchable)),
                     search_images=int(search_n), search_classes=int(search_classes),
                     tried=tried, search_seconds=search_seconds, fit=fit,
-                    fit_iterations=int(iterations), fit_seconds=fit_seconds, notes=notes)
+                    fit_iterations=int(iterations), fit_seconds=fit_seconds, notes=notes,
+                    with_validation=len(blocks) > 1)
     return head.TrainResult(fitted, history, time.perf_counter() - start, iterations), tuning
 
 
