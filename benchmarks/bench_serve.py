@@ -1,6 +1,8 @@
-"""Benchmark of `serve` and of TFLite quantization on a MobileNet-V2-sized classifier.
+"""Benchmark of `serve` (REST and gRPC, against the raw forward on TensorFlow and on LiteRT)
+and of TFLite quantization on a MobileNet-V2-sized classifier.
 
     python -m benchmarks.bench_serve [--quick] [--work DIR]       # serving vs raw forward
+        [--runtime auto|tf|litert] [--json PATH]                  # the server's runtime; figures as JSON
         [--max_batch_size N] [--batch_timeout_micros N] [--num_batch_threads N]  # the server's batching
     python -m benchmarks.bench_serve --tflite-table [--work DIR]  # quantization table
 
@@ -9,21 +11,28 @@ extractor with fixed random weights (`benchmarks.mobilenet_fixture`), a few hund
 generated colour-blob pictures of 200-280 px, and a classifier retrained on
 them. With `--work DIR` the setup is kept and reused by the next run.
 
-Serving: `trxsfr serve --grpc_port` runs in a subprocess on free loopback ports (ready
-when its /healthz answers, which also gives its batch counters); this process
-sends one JPEG per request from 1, 8 and 32 clients, each on its own connection:
-over REST ({"b64": ...}, TF Serving's row format, keep-alive) and over gRPC
-(tensorflow-serving-api's PredictionServiceStub, a DT_STRING tensor, one channel per
-client), and reports requests/s and p50/p99 latency of each, beside the
-extractor's raw forward images/s at batch 1 and 32 measured in the same run
-(raw, REST and gRPC runs interleaved in rounds, so all see the same machine
-load; a shared machine's load changes by the minute). Targets
-(issue 5): REST concurrency 32 >= 0.8 x raw batch 32; concurrency 1 >= 0.7 x raw
-batch 1; (issue 24) gRPC at concurrency 32 >= REST at concurrency 32.
-On Linux it also reads the server's CPU time from /proc and splits the
-concurrency-32 ratio into two factors: how many cores serving keeps busy
-against the raw forward pass, and the raw forward's CPU per image against
-serving's CPU per request.
+Serving: `trxsfr serve --grpc_port --runtime R` (R from `--runtime`, default auto) runs
+in a subprocess on free loopback ports, its $TRXSFR_HOME (where it keeps its LiteRT
+conversion) in the work directory; it is ready when its /healthz answers, which also
+gives its batch counters. The output says which runtime ran the served network (from
+/healthz if it says, else from the flag, the server's fallback warning and the
+conversion it kept). This process sends one JPEG per request from 1, 8 and 32
+clients, each on its own connection: over REST ({"b64": ...}, TF Serving's row
+format, keep-alive) and over gRPC (tensorflow-serving-api's PredictionServiceStub, a
+DT_STRING tensor, one channel per client), and reports requests/s and p50/p99
+latency of each, beside the extractor's raw forward images/s at batch 1 and 32 on
+both runtimes: TensorFlow's executor (`tf.saved_model.load(module)(images)`) and
+LiteRT's interpreter on the extractor's float32 conversion (one interpreter, a
+thread per core). All are measured in the same run: raw (TF and LiteRT), REST and
+gRPC runs interleaved in rounds, so all see the same machine load; a shared
+machine's load changes by the minute. Targets: (issue 5) REST concurrency 32 >=
+0.8 x TF raw batch 32, concurrency 1 >= 0.7 x TF raw batch 1; (issue 24) gRPC at
+concurrency 32 >= REST at concurrency 32; (issue 23) REST and gRPC at concurrency
+32 >= 1.3 x TF raw batch 32 and at concurrency 1 >= 1.0 x TF raw batch 1, each
+also given over LiteRT's raw rate at the same batch (no target). On Linux it also
+reads the server's CPU time from /proc and splits the REST concurrency-32 ratio
+over TF's raw into two factors: how many cores serving keeps busy against the raw
+forward pass, and the raw forward's CPU per image against serving's CPU per request.
 
 TFLite: each quantization mode's size, held-out accuracy and single-image
 latency beside the float SavedModel. Targets: int8 and dynamic >= 3.5x
@@ -100,25 +109,46 @@ def setup(work: str, per_class: int, heldout_per_class: int, steps: int) -> dict
 
 
 class RawForward:
-    """The extractor alone on float32 [batch, size, size, 3] (no decode, no head), here."""
+    """The extractor alone on float32 [batch, size, size, 3] (no decode, no head), here:
+    TensorFlow's executor (`tf.saved_model.load(module_dir)(images)`), or with `litert_dir`
+    LiteRT's interpreter on the extractor's float32 conversion (`litert.for_extraction`,
+    kept under `litert_dir`), one interpreter with a thread per core. If LiteRT cannot
+    run the extractor (its conversion refused at "auto"), `on_litert` is False and `why`
+    says so; then this measures nothing for LiteRT.
+    """
 
-    def __init__(self, module_dir: str, image_size: int):
+    def __init__(self, module_dir: str, image_size: int, litert_dir: Optional[str] = None):
         import tensorflow as tf
 
         self._tf = tf
-        self.module = tf.saved_model.load(module_dir)
         self.image_size = image_size
+        self.on_litert, self.why, self.threads = False, "", None
+        if not litert_dir:
+            module = tf.saved_model.load(module_dir)
+            self.forward = lambda images: module(images).numpy()
+            return
+        from trxsfr.base import extractors, imaging, litert
+
+        lite = litert.for_extraction(extractors.load(module_dir), "auto", litert_dir)
+        if lite.runtime == "tf":
+            self.why = "LiteRT refused the extractor's conversion (its warning above)"
+            return
+        self.threads = imaging.usable_cores()
+        self.forward = litert.InterpreterPool(lite.fn.model, self.threads)
+        self.on_litert = True
 
     def measure(self, batch: int, seconds: float) -> tuple[float, float]:
         """(images/s from the median call, CPU ms per image over all timed calls)."""
-        images = self._tf.constant(np.random.default_rng(0).random(
-            (batch, self.image_size, self.image_size, 3), dtype=np.float32))
+        images = np.random.default_rng(0).random(
+            (batch, self.image_size, self.image_size, 3), dtype=np.float32)
+        if not self.on_litert:
+            images = self._tf.constant(images)
         for _ in range(2):
-            self.module(images).numpy()
+            self.forward(images)
         times, end, cpu_start = [], time.perf_counter() + seconds, time.process_time()
         while time.perf_counter() < end or len(times) < 3:
             start = time.perf_counter()
-            self.module(images).numpy()
+            self.forward(images)
             times.append(time.perf_counter() - start)
         cpu_ms = 1000 * (time.process_time() - cpu_start) / (batch * len(times))
         return batch / statistics.median(times), cpu_ms
@@ -134,24 +164,27 @@ def free_port(host: str) -> int:
 class Served:
     """`trxsfr serve --quiet --grpc_port P` in a subprocess on free ports of 127.0.0.1.
 
-    It is ready when GET /healthz says "ok"; the addresses are the ones chosen here,
-    so nothing the server prints is read.
+    It is ready when GET /healthz says "ok"; the addresses are the ones chosen here.
+    Its stderr is kept (`stderr_text`): the runtime it chose is read from there when its
+    /healthz does not say. With `home`, its $TRXSFR_HOME (where it keeps the LiteRT
+    conversions of the versions it loads) is that folder.
     """
 
     host = "127.0.0.1"
     path = f"/v1/models/{MODEL_NAME}:predict"
 
-    def __init__(self, base: str, *flags, timeout: float = 300.0):
+    def __init__(self, base: str, *flags, timeout: float = 300.0, home: Optional[str] = None):
         self.port = free_port(self.host)
         self.grpc_port = free_port(self.host)
         while self.grpc_port == self.port:
             self.grpc_port = free_port(self.host)
         self._stderr = tempfile.TemporaryFile()
+        env = dict(os.environ, TRXSFR_HOME=home) if home else None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trxsfr", "serve", "--model_base_path", base,
              "--model_name", MODEL_NAME, "--host", self.host, "--port", str(self.port),
              "--grpc_port", str(self.grpc_port), "--quiet", *flags],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr, env=env)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -170,9 +203,13 @@ class Served:
                 raise RuntimeError(f"server not ready after {timeout:.0f}s: {tail}")
             time.sleep(0.2)
 
-    def _stderr_tail(self) -> str:
+    def stderr_text(self) -> str:
+        """What the server has written to stderr so far (warnings and errors: --quiet)."""
         self._stderr.seek(0)
-        return self._stderr.read().decode("utf-8", "replace").strip()[-1500:]
+        return self._stderr.read().decode("utf-8", "replace")
+
+    def _stderr_tail(self) -> str:
+        return self.stderr_text().strip()[-1500:]
 
     def health(self) -> dict:
         """GET /healthz: status, version, and the batcher's counters (batches, images)."""
@@ -344,9 +381,12 @@ def _merge(parts: list[dict]) -> dict:
 def bench_serving(paths: dict, seconds: float, rounds: int, server_flags: tuple = ()) -> dict:
     """Serving runs interleaved with raw forward runs, so all see the same machine load.
 
-    For each concurrency, `rounds` times: raw batch 1 and batch 32 for a third
-    of `seconds / rounds` each, then REST serving for `seconds / rounds`, then
-    gRPC serving as long. Ratios compare the sums over the rounds.
+    For each concurrency, `rounds` times: the raw forward at batch 1 on TensorFlow, then
+    on LiteRT, then the same at batch 32, each for a quarter of `seconds / rounds`; then
+    REST serving for `seconds / rounds`, then gRPC serving as long. Ratios compare the
+    means over the rounds of the same concurrency. The server's LiteRT conversions (and
+    the raw LiteRT one) are kept under `paths["work"]` (a new temporary folder without
+    it) and made before anything is timed.
     """
     import base64
 
@@ -359,11 +399,15 @@ def bench_serving(paths: dict, seconds: float, rounds: int, server_flags: tuple 
             bodies.append(json.dumps({"instances": [{"b64": base64.b64encode(fh.read()).decode()}]})
                           .encode())
     requests = grpc_requests(files)
+    work = paths.get("work") or tempfile.mkdtemp(prefix="trxsfr-bench-serve-")
     raw = RawForward(paths["module"], paths["image_size"])
-    raw_runs = {1: [], 32: []}
-    served = Served(paths["models"], *server_flags)
+    lite = RawForward(paths["module"], paths["image_size"], os.path.join(work, "litert"))
+    raw_runs, lite_runs = {1: [], 32: []}, {1: [], 32: []}
+    home = os.path.join(work, "trxsfr_home")
+    served = Served(paths["models"], *server_flags, home=home)
     served_version = served.ready.get("version")
     try:
+        runtime = server_runtime(served, _flag(server_flags, "--runtime", "auto"), home)
         runs, grpc_runs = [], []
         slice_s = seconds / rounds
         for c in CONCURRENCY:
@@ -371,7 +415,9 @@ def bench_serving(paths: dict, seconds: float, rounds: int, server_flags: tuple 
             parts, grpc_parts = [], []
             for _ in range(rounds):
                 for b in (1, 32):
-                    raw_runs[b].append((c, *raw.measure(b, slice_s / 3)))
+                    raw_runs[b].append((c, *raw.measure(b, slice_s / 4)))
+                    if lite.on_litert:
+                        lite_runs[b].append((c, *lite.measure(b, slice_s / 4)))
                 parts.append(load_run(served, lambda: RestClient(served, bodies), c, slice_s,
                                       warm=0.5))
                 grpc_parts.append(load_run(served, lambda: GrpcClient(served, requests), c,
@@ -380,20 +426,32 @@ def bench_serving(paths: dict, seconds: float, rounds: int, server_flags: tuple 
             grpc_runs.append(_merge(grpc_parts))
     finally:
         served.stop()
-    by_c = {c: {b: float(np.mean([v for cc, v, _ in raw_runs[b] if cc == c])) for b in (1, 32)}
-            for c in CONCURRENCY}
-    result = {"served_version": served_version, "raw_by_concurrency": by_c, "runs": runs,
+    by_c = _by_concurrency(raw_runs)
+    result = {"served_version": served_version, "server_runtime": runtime,
+              "raw_by_concurrency": by_c, "runs": runs,
               "grpc_runs": grpc_runs,
               "grpc_over_rest_c32": grpc_runs[-1]["requests_per_s"] / runs[-1]["requests_per_s"],
-              "raw": {b: float(np.mean([v for _, v, _ in raw_runs[b]])) for b in (1, 32)},
-              "raw_min": {b: min(v for _, v, _ in raw_runs[b]) for b in (1, 32)},
-              "raw_max": {b: max(v for _, v, _ in raw_runs[b]) for b in (1, 32)},
-              "raw_cpu_ms_per_image": {b: float(np.mean([ms for _, _, ms in raw_runs[b]]))
-                                       for b in (1, 32)},
+              **_raw_summary(raw_runs),
               "cores": imaging.usable_cores(),
               "jpeg_bytes_mean": float(np.mean([os.path.getsize(f) for f in files])),
               "ratio_c1": runs[0]["requests_per_s"] / by_c[1][1],
-              "ratio_c32": runs[-1]["requests_per_s"] / by_c[32][32]}
+              "ratio_c32": runs[-1]["requests_per_s"] / by_c[32][32],
+              "litert": None, "litert_why_not": lite.why}
+    limits = {"tf": by_c}
+    if lite.on_litert:
+        lite_by_c = _by_concurrency(lite_runs)
+        result["litert"] = {"threads": lite.threads, "raw_by_concurrency": lite_by_c,
+                            **_raw_summary(lite_runs)}
+        limits["litert"] = lite_by_c
+    # Issue 23: each protocol's concurrency 1 and 32 over each runtime's raw batch 1 and 32
+    # measured in the same rounds (None: that runtime's raw rate was not measured).
+    result["issue23"] = {
+        protocol: {f"c{c}_over_{name}_b{c}": protocol_runs[i]["requests_per_s"] / limit[c][c]
+                   for i, c in ((0, 1), (-1, 32)) for name, limit in limits.items()}
+        for protocol, protocol_runs in (("rest", runs), ("grpc", grpc_runs))}
+    for protocol in result["issue23"].values():
+        for c in (1, 32):
+            protocol.setdefault(f"c{c}_over_litert_b{c}", None)
     last = runs[-1]
     if last["server_cpu_ms_per_request"] is not None:
         # concurrency 32 / raw batch 32 = (cores serving keeps busy / cores the raw forward
@@ -408,18 +466,96 @@ def bench_serving(paths: dict, seconds: float, rounds: int, server_flags: tuple 
     return result
 
 
+def _by_concurrency(raw_runs: dict) -> dict:
+    """{concurrency: {batch: mean images/s of the raw runs in that concurrency's rounds}}."""
+    return {c: {b: float(np.mean([v for cc, v, _ in raw_runs[b] if cc == c])) for b in (1, 32)}
+            for c in CONCURRENCY}
+
+
+def _raw_summary(raw_runs: dict) -> dict:
+    """Mean, min and max images/s and mean CPU ms per image of one runtime's raw runs."""
+    return {"raw": {b: float(np.mean([v for _, v, _ in raw_runs[b]])) for b in (1, 32)},
+            "raw_min": {b: min(v for _, v, _ in raw_runs[b]) for b in (1, 32)},
+            "raw_max": {b: max(v for _, v, _ in raw_runs[b]) for b in (1, 32)},
+            "raw_cpu_ms_per_image": {b: float(np.mean([ms for _, _, ms in raw_runs[b]]))
+                                     for b in (1, 32)}}
+
+
+def _flag(flags: tuple, name: str, default: str) -> str:
+    """The value of `name` in a flat (flag, value, ...) tuple, or `default`."""
+    flags = list(flags)
+    return flags[flags.index(name) + 1] if name in flags else default
+
+
+# What the server logs when `--runtime auto` leaves a version on TensorFlow (base/litert.py).
+FALLBACK_LINE = "runs on TensorFlow, not LiteRT"
+
+
+def server_runtime(served: Served, requested: str, home: str) -> dict:
+    """Which runtime ran the served version's network: {"requested", "ran", "how"}.
+
+    From its /healthz when that says ("runtime"); else inferred. `serve --quiet` logs
+    warnings only, so a LiteRT start leaves no line: "tf" when that was asked or its
+    stderr has auto's fallback warning; "litert" when LiteRT was asked or auto left no
+    fallback warning and a conversion checked equal to TensorFlow's is kept in its
+    `$TRXSFR_HOME/litert` (`home`); otherwise "unknown".
+    """
+    reported = served.ready.get("runtime")
+    if reported:
+        return {"requested": requested, "ran": str(reported), "how": "its /healthz"}
+    if requested == "tf":
+        return {"requested": requested, "ran": "tf", "how": "--runtime tf"}
+    fallback = [line for line in served.stderr_text().splitlines() if FALLBACK_LINE in line]
+    if fallback:
+        return {"requested": requested, "ran": "tf", "how": fallback[-1].strip()}
+    if requested == "litert":  # it would have exited had LiteRT refused
+        return {"requested": requested, "ran": "litert", "how": "--runtime litert (it started)"}
+    folder = os.path.join(home, "litert")
+    checked = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+        if name.endswith(".json"):
+            with contextlib.suppress(OSError, ValueError):
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    if json.load(f).get("ok"):
+                        checked.append(name)
+    if checked:
+        return {"requested": requested, "ran": "litert",
+                "how": f"no fallback warning on its stderr; checked conversion {folder}/{checked[0]}"}
+    return {"requested": requested, "ran": "unknown",
+            "how": f"no fallback warning, but no checked conversion in {folder}"}
+
+
+# Issue 23's targets for serving, over TensorFlow's raw forward of the same rounds.
+TARGET_C1, TARGET_C32 = 1.0, 1.3
+
+
 def report_serving(r: dict) -> list[str]:
-    lines = [f"Raw forward of the extractor, images/s (mean of the interleaved runs, min-max): "
+    rt, lite = r["server_runtime"], r["litert"]
+    lines = [f"Server: --runtime {rt['requested']}, ran on {rt['ran']} ({rt['how']})",
+             "Raw forward of the extractor, images/s (mean of the interleaved runs, min-max):",
+             f"  TensorFlow's executor: "
              f"batch 1 {r['raw'][1]:.1f} ({r['raw_min'][1]:.1f}-{r['raw_max'][1]:.1f}), "
-             f"batch 32 {r['raw'][32]:.1f} ({r['raw_min'][32]:.1f}-{r['raw_max'][32]:.1f})",
-             f"Serving, one JPEG (mean {r['jpeg_bytes_mean'] / 1024:.1f} KiB) per request:",
-             "  concurrency  requests/s  p50 ms  p99 ms  requests  failures  mean batch"
-             "  raw b1 / b32 beside it"]
+             f"batch 32 {r['raw'][32]:.1f} ({r['raw_min'][32]:.1f}-{r['raw_max'][32]:.1f})"]
+    if lite:
+        lines.append(f"  LiteRT's interpreter (float32 conversion, one interpreter, "
+                     f"{lite['threads']} threads): "
+                     f"batch 1 {lite['raw'][1]:.1f} ({lite['raw_min'][1]:.1f}-"
+                     f"{lite['raw_max'][1]:.1f}), batch 32 {lite['raw'][32]:.1f} "
+                     f"({lite['raw_min'][32]:.1f}-{lite['raw_max'][32]:.1f})")
+    else:
+        lines.append(f"  LiteRT's interpreter: not measured: {r['litert_why_not']}")
+    lines += [f"Serving, one JPEG (mean {r['jpeg_bytes_mean'] / 1024:.1f} KiB) per request:",
+              "  concurrency  requests/s  p50 ms  p99 ms  requests  failures  mean batch"
+              "  raw b1 / b32 beside it: TF, LiteRT"]
     for run in r["runs"]:
-        raw = r["raw_by_concurrency"][run["concurrency"]]
-        lines.append(f"  {run['concurrency']:>11}  {run['requests_per_s']:>10.1f}  {run['p50_ms']:>6.1f}"
+        c = run["concurrency"]
+        raw = r["raw_by_concurrency"][c]
+        beside = f"{raw[1]:.1f} / {raw[32]:.1f}"
+        if lite:
+            beside += f", {lite['raw_by_concurrency'][c][1]:.1f} / {lite['raw_by_concurrency'][c][32]:.1f}"
+        lines.append(f"  {c:>11}  {run['requests_per_s']:>10.1f}  {run['p50_ms']:>6.1f}"
                      f"  {run['p99_ms']:>6.1f}  {run['requests']:>8}  {run['failures']:>8}"
-                     f"  {run['mean_batch']:>10.1f}  {raw[1]:>6.1f} / {raw[32]:.1f}")
+                     f"  {run['mean_batch']:>10.1f}  {beside}")
     lines.append("Serving over gRPC (PredictionService.Predict, the same JPEGs), in the same run:")
     lines.append("  concurrency  requests/s  p50 ms  p99 ms  requests  failures  mean batch"
                  "  REST requests/s beside it  server CPU ms/request, gRPC / REST")
@@ -429,12 +565,22 @@ def report_serving(r: dict) -> list[str]:
         lines.append(f"  {run['concurrency']:>11}  {run['requests_per_s']:>10.1f}  {run['p50_ms']:>6.1f}"
                      f"  {run['p99_ms']:>6.1f}  {run['requests']:>8}  {run['failures']:>8}"
                      f"  {run['mean_batch']:>10.1f}  {rest['requests_per_s']:>25.1f}  {cpu:>13}")
-    lines.append(f"gRPC / REST at concurrency 32 = {r['grpc_over_rest_c32']:.2f} (target >= 1: "
-                 f"{'met' if r['grpc_over_rest_c32'] >= 1 else 'NOT met'})")
-    lines.append(f"Concurrency 1 / raw batch 1 = {r['ratio_c1']:.2f} (target >= 0.7: "
-                 f"{'met' if r['ratio_c1'] >= 0.7 else 'NOT met'})")
-    lines.append(f"Concurrency 32 / raw batch 32 = {r['ratio_c32']:.2f} (target >= 0.8: "
-                 f"{'met' if r['ratio_c32'] >= 0.8 else 'NOT met'})")
+    lines.append(f"gRPC / REST at concurrency 32 = {r['grpc_over_rest_c32']:.2f} (issue 24, "
+                 f"target >= 1: {'met' if r['grpc_over_rest_c32'] >= 1 else 'NOT met'})")
+    lines.append(f"Concurrency 1 / raw batch 1 = {r['ratio_c1']:.2f} (issue 5, REST over "
+                 f"TensorFlow's raw; target >= 0.7: {'met' if r['ratio_c1'] >= 0.7 else 'NOT met'})")
+    lines.append(f"Concurrency 32 / raw batch 32 = {r['ratio_c32']:.2f} (issue 5, REST over "
+                 f"TensorFlow's raw; target >= 0.8: {'met' if r['ratio_c32'] >= 0.8 else 'NOT met'})")
+    lines.append("Issue 23, serving over both raw limits of the same rounds (targets over "
+                 "TensorFlow's):")
+    for c, target in ((32, TARGET_C32), (1, TARGET_C1)):
+        for protocol, name in (("rest", "REST"), ("grpc", "gRPC")):
+            ratios = r["issue23"][protocol]
+            tf_ratio, lite_ratio = ratios[f"c{c}_over_tf_b{c}"], ratios[f"c{c}_over_litert_b{c}"]
+            lite_text = "not measured" if lite_ratio is None else f"{lite_ratio:.2f}"
+            lines.append(f"  {name} concurrency {c} / TF raw batch {c} = {tf_ratio:.2f} "
+                         f"(target >= {target}: {'met' if tf_ratio >= target else 'NOT met'}); "
+                         f"/ LiteRT raw batch {c} = {lite_text}")
     last = r["runs"][-1]
     if "c32_cpu_factor" in r:
         lines.append(
@@ -560,10 +706,16 @@ def main(argv: Optional[list] = None) -> int:
                    help="The server's --batch_timeout_micros (unset: serve's default).")
     p.add_argument("--num_batch_threads", type=int, default=None,
                    help="The server's --num_batch_threads (unset: serve's default).")
+    p.add_argument("--runtime", default="auto", choices=("auto", "tf", "litert"),
+                   help="The server's --runtime: what runs the served network. The raw "
+                        "forward is measured on both runtimes whatever this is.")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="Serving run: also write its figures (every number printed, the issue-23 "
+                        "ratios under 'issue23') to PATH as JSON.")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     server_flags = tuple(str(x) for name in ("max_batch_size", "batch_timeout_micros",
-                                             "num_batch_threads")
+                                             "num_batch_threads", "runtime")
                          if getattr(args, name) is not None
                          for x in (f"--{name}", getattr(args, name)))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="bench: %(message)s")
@@ -580,7 +732,11 @@ def main(argv: Optional[list] = None) -> int:
         rows = tflite_table(paths, 10 if args.quick else 30)
         lines = report_tflite(rows)
     else:
-        lines = report_serving(bench_serving(paths, seconds, 1 if args.quick else 3, server_flags))
+        result = bench_serving(paths, seconds, 1 if args.quick else 3, server_flags)
+        lines = report_serving(result)
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(result, f, indent=1)
     for line in lines:
         print(line, flush=True)
     print(f"Load average at end: {os.getloadavg()[0]:.2f}", flush=True)

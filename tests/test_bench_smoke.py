@@ -71,13 +71,15 @@ def test_mobilenet_v2_fixture_gives_content_carrying_features(tmp_path):
     assert np.mean(hits) >= 0.7, np.mean(hits)  # 25 of 30 here; chance: 10 of 30
 
 
-def test_serving_benchmark_measures_every_figure(trained, fx):
+def test_serving_benchmark_measures_every_figure(trained, fx, tmp_path):
     """`bench_serve`'s serving run, briefly, on the fixture model: each concurrency answered
-    without failures, the CPU behind it accounted, and the report states each figure."""
+    without failures, the CPU behind it accounted, the raw forward measured on both
+    runtimes, issue 23's ratios divided by the right rates, and the report states each
+    figure."""
     from benchmarks import bench_serve
 
     paths = {"module": fx["module"], "models": trained["base"], "heldout": fx["heldout"],
-             "image_size": 32}
+             "image_size": 32, "work": str(tmp_path)}
     # 1.5 s per level: with shorter windows, requests straddling their ends skew the
     # factors against the ratio on a loaded machine.
     r = bench_serve.bench_serving(paths, seconds=1.5, rounds=1)
@@ -98,11 +100,78 @@ def test_serving_benchmark_measures_every_figure(trained, fx):
     last = r["runs"][-1]  # the CPU line's own numbers give its factor
     per_request = last["server_cpu_ms_per_request"] + last["client_cpu_ms_per_request"]
     assert r["c32_raw_cpu_ms_per_image"] / per_request == pytest.approx(r["c32_cpu_factor"])
+    # LiteRT's raw forward, in the same rounds as TensorFlow's (the fixture extractor converts)
+    lite = r["litert"]
+    assert lite is not None, r["litert_why_not"]
+    for b in (1, 32):
+        assert lite["raw"][b] > 0 and lite["raw_cpu_ms_per_image"][b] > 0
+        for c in (1, 8, 32):
+            assert lite["raw_by_concurrency"][c][b] > 0 and r["raw_by_concurrency"][c][b] > 0
+    # the server ran at --runtime auto, its conversion kept in the work dir, and says so
+    assert r["server_runtime"]["requested"] == "auto"
+    assert r["server_runtime"]["ran"] in ("litert", "tf"), r["server_runtime"]
+    assert os.listdir(tmp_path / "trxsfr_home" / "litert")
+    # issue 23: each protocol's concurrency 1 and 32 over each runtime's raw rate of the
+    # same batch size, measured in the rounds of that concurrency
+    for protocol, runs in (("rest", r["runs"]), ("grpc", r["grpc_runs"])):
+        ratios = r["issue23"][protocol]
+        for i, c in ((0, 1), (-1, 32)):
+            rate = runs[i]["requests_per_s"]
+            assert runs[i]["concurrency"] == c
+            assert ratios[f"c{c}_over_tf_b{c}"] == pytest.approx(
+                rate / r["raw_by_concurrency"][c][c])
+            assert ratios[f"c{c}_over_litert_b{c}"] == pytest.approx(
+                rate / lite["raw_by_concurrency"][c][c])
+    assert r["issue23"]["rest"]["c32_over_tf_b32"] == pytest.approx(r["ratio_c32"])
+    assert r["issue23"]["rest"]["c1_over_tf_b1"] == pytest.approx(r["ratio_c1"])
     text = "\n".join(bench_serve.report_serving(r))
+    i23 = r["issue23"]
     for needle in ("Concurrency 1 / raw batch 1", "Concurrency 32 / raw batch 32",
                    "Serving over gRPC", "gRPC / REST at concurrency 32 = ",
-                   f"against {r['c32_raw_cpu_ms_per_image']:.2f} ms per image"):
-        assert needle in text, text
+                   f"against {r['c32_raw_cpu_ms_per_image']:.2f} ms per image",
+                   f"Server: --runtime auto, ran on {r['server_runtime']['ran']}",
+                   f"LiteRT's interpreter (float32 conversion, one interpreter, "
+                   f"{lite['threads']} threads): batch 1 {lite['raw'][1]:.1f}",
+                   f"REST concurrency 32 / TF raw batch 32 = {i23['rest']['c32_over_tf_b32']:.2f}"
+                   f" (target >= 1.3",
+                   f"/ LiteRT raw batch 32 = {i23['rest']['c32_over_litert_b32']:.2f}",
+                   f"gRPC concurrency 32 / TF raw batch 32 = {i23['grpc']['c32_over_tf_b32']:.2f}",
+                   f"/ LiteRT raw batch 32 = {i23['grpc']['c32_over_litert_b32']:.2f}",
+                   f"REST concurrency 1 / TF raw batch 1 = {i23['rest']['c1_over_tf_b1']:.2f}"
+                   f" (target >= 1.0",
+                   f"/ LiteRT raw batch 1 = {i23['rest']['c1_over_litert_b1']:.2f}",
+                   f"gRPC concurrency 1 / TF raw batch 1 = {i23['grpc']['c1_over_tf_b1']:.2f}",
+                   f"/ LiteRT raw batch 1 = {i23['grpc']['c1_over_litert_b1']:.2f}"):
+        assert needle in text, (needle, text)
+    json.dumps(r)  # --json writes it as it is
+
+
+def test_serving_benchmark_says_which_runtime_the_server_ran(tmp_path):
+    """`server_runtime` without a /healthz answer: the flag, auto's fallback warning on the
+    server's stderr, or a checked conversion in its $TRXSFR_HOME."""
+    from benchmarks import bench_serve
+
+    class Fake:
+        ready = {"status": "ok"}
+        stderr = ""
+
+        def stderr_text(self):
+            return self.stderr
+
+    served, home = Fake(), str(tmp_path)
+    assert bench_serve.server_runtime(served, "tf", home)["ran"] == "tf"
+    assert bench_serve.server_runtime(served, "litert", home)["ran"] == "litert"
+    assert bench_serve.server_runtime(served, "auto", home)["ran"] == "unknown"
+    os.makedirs(tmp_path / "litert")
+    (tmp_path / "litert" / "k.json").write_text(json.dumps({"ok": True}))
+    assert bench_serve.server_runtime(served, "auto", home)["ran"] == "litert"
+    served.stderr = ("trxsfr: warning: model /m/1 runs on TensorFlow, not LiteRT: "
+                     "its outputs differ\n")
+    said = bench_serve.server_runtime(served, "auto", home)
+    assert said["ran"] == "tf" and "its outputs differ" in said["how"]
+    served.ready = {"status": "ok", "runtime": "litert"}
+    assert bench_serve.server_runtime(served, "auto", home) == {
+        "requested": "auto", "ran": "litert", "how": "its /healthz"}
 
 
 def test_raw_forward_runs_the_streams_it_is_asked_for(fx):
