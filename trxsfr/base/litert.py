@@ -223,14 +223,17 @@ class InterpreterPool:
         """Whether one call spreads over threads that wait for each other (more than one)."""
         return self.threads > 1
 
-    def reserve(self, count: int) -> None:
-        """Make interpreters until there are `count`, before the calls that need them.
+    def reserve(self, count: int, threads: Optional[int] = None) -> None:
+        """Make interpreters until there are `count`, before the calls that need them;
+        with `threads`, those made from now on run their ops on that many threads.
 
         A pipeline calls this before it starts: `imaging.batches` lowers the priority of
         every thread started while it iterates (taking them for decode threads), and an
         interpreter starts its XNNPACK threads when it is made. Made lazily, mid-pipeline,
         they ran at nice 19 and extraction fell to 0.6-0.85 of TensorFlow's on a busy machine.
         """
+        if threads is not None:
+            self.threads = max(1, threads)
         while self.size < count:
             slot = self._make()
             with self._lock:

@@ -110,10 +110,12 @@ class ConvertedClassifier(Classifier):
                               lambda: litert.image_function(probabilities, size),
                               lambda x: super(ConvertedClassifier, self)._forward(x), size)
 
-    def reserve(self, streams: int) -> None:
-        """Make the interpreters `streams` forward passes at once need, now (LiteRT only)."""
+    def reserve(self, streams: int, threads: Optional[int] = None) -> None:
+        """Make the interpreters `streams` forward passes at once need, now, each running
+        its ops on `threads` threads (default: the cores shared among the streams);
+        LiteRT only."""
         if self._lite is not None:
-            self._lite.forward.reserve(streams)
+            self._lite.forward.reserve(streams, threads)
 
     @property
     def on_litert(self) -> bool:
