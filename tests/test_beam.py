@@ -96,6 +96,8 @@ def test_label_pipeline_evaluates_as_local_label(retrained, beam_run, fx):
                     "--output", prefix, *TWO_WORKERS)
     assert piped.code == 0, piped
     want, got = json.loads(local.out), json.loads(piped.out)
+    # --runtime auto: the driver converts and checks the model, the workers run it on LiteRT.
+    assert got["runtime"].startswith("LiteRT"), got["runtime"]
 
     want_eval = {k: v for k, v in want["evaluation"].items() if k != "misclassified"}
     got_eval = {k: v for k, v in got["evaluation"].items() if k != "misclassified"}
@@ -121,6 +123,12 @@ def test_label_pipeline_evaluates_as_local_label(retrained, beam_run, fx):
 
     again = run_cli("label", "--model", model, heldout, "--output", prefix, *TWO_WORKERS)
     assert_bad_input(again, "--output", "exists; pick a new prefix")
+    on_tf = run_cli("label", "--model", model, heldout, "--format", "json", "--quiet",
+                    "--runtime", "tf", "--output", beam_run["work"] / "labels" / "tf",
+                    *TWO_WORKERS)
+    assert on_tf.code == 0, on_tf
+    tf_doc = json.loads(on_tf.out)
+    assert tf_doc["runtime"].startswith("tensorflow") and tf_doc["evaluation"] == got["evaluation"]
 
 
 def test_evaluation_combined_from_parts_equals_metrics_of_the_whole():

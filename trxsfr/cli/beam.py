@@ -180,7 +180,8 @@ def run_label(args) -> int:
                          "need a local run (drop --runner)")
     config = LabelConfig(model=args.model, inputs=tuple(args.inputs) + tuple(args.image),
                          top_k=args.top_k, batch_size=args.batch_size,
-                         min_accuracy=args.min_accuracy, max_image_pixels=args.max_image_pixels)
+                         min_accuracy=args.min_accuracy, max_image_pixels=args.max_image_pixels,
+                         runtime=args.runtime)
     config.check()
     require_beam()
     process.import_tensorflow_quietly()
@@ -194,7 +195,8 @@ def run_label(args) -> int:
                         "labelled": run.labelled,
                         "skipped": [{"path": s.path, "reason": s.reason} for s in run.skipped],
                         "unknown_folders": run.unknown_folders, "evaluation": run.evaluation,
-                        "evaluation_file": run.evaluation_file, "seconds": run.seconds},
+                        "evaluation_file": run.evaluation_file, "seconds": run.seconds,
+                        "runtime": run.runtime},
                        indent=1))
     else:
         for line in label_lines(run, args.verbose):
@@ -209,7 +211,8 @@ def run_label(args) -> int:
 def label_lines(run, verbose: bool = False) -> list[str]:
     """The summary of a pipeline label run: where the predictions went, skips, evaluation."""
     lines = [f"Predictions: {run.labelled} images in {len(run.outputs)} files "
-             f"({', '.join(run.outputs[:3])}{', ...' if len(run.outputs) > 3 else ''})"]
+             f"({', '.join(run.outputs[:3])}{', ...' if len(run.outputs) > 3 else ''})",
+             f"Runtime: {run.runtime}"]
     lines += skipped_lines(run.skipped, verbose, "skipped: {path}: {reason}",
                            "skipped: {count} files, by reason (--verbose lists each):")
     for folder in run.unknown_folders:

@@ -54,6 +54,7 @@ class PipelineLabelRun:
     evaluation: Optional[dict]  # as in `label --format json`; misclassified sorted by path
     evaluation_file: str
     seconds: float  # the pipeline's wall time
+    runtime: str = ""  # what ran the network, as the driver decided (TensorFlow, LiteRT)
 
 
 def entries_of(inputs: Sequence[str], labels: Sequence[str]
@@ -89,8 +90,11 @@ def entries_of(inputs: Sequence[str], labels: Sequence[str]
     return entries, skipped, unknown
 
 
-def load_model(path: str):
-    return models.load(path)
+def load_model(path: str, runtime: str = "tf"):
+    """The model on a worker, on `runtime` (the driver checked it first). A LiteRT
+    conversion is taken from the worker's $TRXSFR_HOME cache, or made and checked there
+    once per machine, when the first batch comes."""
+    return models.load(path, runtime=runtime)
 
 
 def probabilities(model, images: np.ndarray) -> np.ndarray:
@@ -191,7 +195,12 @@ def label(config: LabelConfig, output: str, pipeline_args: Sequence[str] = (),
     taken = FileSystems.match([f"{output}-*"])[0].metadata_list
     if taken:  # Beam's sinks replace files: nothing a user made is overwritten
         raise InputError(f"--output {output}: {taken[0].path} exists; pick a new prefix")
-    predictor = models.load(config.model)  # the labels, image size and a check, on the driver
+    # The labels, image size and a check, on the driver; and the runtime's verdict (a
+    # conversion is made and checked here first, so "--runtime litert" fails before the
+    # pipeline starts, and DirectRunner's workers take the cached one).
+    predictor = models.load(config.model, runtime=config.runtime)
+    if hasattr(predictor, "prepare"):
+        predictor.prepare()
     if getattr(predictor, "needs_own_decode", False):
         raise ModelError(f"{predictor.path} was exported with other preprocessing than this "
                          f"trxsfr's; label it without --runner (its own signature decodes)")
@@ -206,7 +215,9 @@ def label(config: LabelConfig, output: str, pipeline_args: Sequence[str] = (),
         raise InputError("--min_accuracy needs an evaluation set: a folder whose sub-folders "
                          "are named after the model's labels")
     handler = KeyedModelHandler(beam_steps.ForwardHandler(
-        functools.partial(load_model, os.path.abspath(predictor.path)), probabilities,
+        functools.partial(load_model, os.path.abspath(predictor.path),
+                          config.runtime if getattr(predictor, "on_litert", False) else "tf"),
+        probabilities,
         config.batch_size, "label"))
     evaluation_file = f"{output}-evaluation.json"
     pipeline = beam.Pipeline(options=options)
@@ -246,4 +257,4 @@ def label(config: LabelConfig, output: str, pipeline_args: Sequence[str] = (),
         raise InputError("--min_accuracy needs an evaluation set: none of its images could "
                          "be read")
     return PipelineLabelRun(predictor.path, labels, outputs, labelled, skipped, unknown,
-                            evaluation, evaluation_file, seconds)
+                            evaluation, evaluation_file, seconds, predictor.runtime)
