@@ -326,6 +326,11 @@ def test_serve_versions_on_both_runtimes_agree(trained, fx):
     for runtime in ("tf", "litert"):
         lv = load_version(base, int(version), runtime)
         assert getattr(lv.classifier, "on_litert", False) == (runtime == "litert")
+        if runtime == "litert":  # one interpreter per batch thread, each on every core
+            from trxsfr.base import imaging
+
+            assert lv.classifier.interpreters == (imaging.FORWARD_STREAMS,
+                                                  imaging.usable_cores())
         out[runtime] = np.concatenate(lv.predict_batch([data[:3], data[3:]]))
         images = np.stack([litert.probe_images(lv.image_size, 2)[0]] * 2)
         out[runtime + "-images"] = lv.predict_batch([images])[0]

@@ -134,6 +134,7 @@ def test_status_metadata_health_and_page(served):
     assert set(sigs["serving_default"]["outputs"]) == {"probabilities", "classes", "class_ids", "scores"}
     status, health = request(f"{url}/healthz")
     assert status == 200 and health["status"] == "ok" and health["version"] == "1"
+    assert health["runtime"].startswith(("LiteRT", "tensorflow")), health
     status, page = request(f"{url}/")
     assert status == 200 and "<input type=\"file\"" in page and ":predict" in page
     # what does not exist is a 404 in TF Serving's error shape

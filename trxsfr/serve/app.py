@@ -310,6 +310,7 @@ class Server:
             return JSONResponse({"status": "unavailable", "model": self.config.model_name}, 503)
         return JSONResponse({"status": "ok", "model": self.config.model_name,
                              "version": str(latest.version), "labels": latest.labels,
+                             "runtime": latest.classifier.runtime,
                              "batches": self.batcher.batches, "images": self.batcher.images})
 
     async def prometheus(self, request):

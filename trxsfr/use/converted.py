@@ -122,6 +122,13 @@ class ConvertedClassifier(Classifier):
         return self._lite is not None
 
     @property
+    def interpreters(self) -> Optional[tuple[int, int]]:
+        """(interpreters made, threads each runs its ops on), or None on TensorFlow."""
+        if self._lite is None:
+            return None
+        return self._lite.forward.size, self._lite.forward.threads
+
+    @property
     def demote_decoding(self) -> bool:
         """Single-threaded interpreters leave nothing for a decode thread to stall: decoding
         then keeps its priority (measured on 2 busy cores: 24-30 images/s against 10-18
