@@ -898,7 +898,8 @@ class Bench:
                 saved_model_dir=self.path("inproc", "models"),
                 summaries_dir=self.path("inproc", "runs")))
             phases.append(dict(result.timings, test_accuracy=result.test_accuracy,
-                               reused=result.reused, computed=result.computed))
+                               reused=result.reused, computed=result.computed,
+                               search_s=(result.tuning or {}).get("search_seconds")))
         self.raw["library_warm_retrain_timings"] = phases
         self.image_set = result.image_set  # the split retrain used, for the linear reference
 
@@ -1148,14 +1149,22 @@ def fig_head(b: Bench) -> dict:
     phases = b.raw["library_warm_retrain_timings"]
     train = median([p["train_s"] for p in phases])
     cold = median([c["seconds"] for c in b.raw["cold_extraction"]])
+    searches = [p["search_s"] for p in phases if p.get("search_s") is not None]
+    search = median(searches) if searches else 0.0
     n = len(b.main_paths)
     raw = {"images": n, "train_s_median": train, "cold_extraction_s_median": cold,
-           "steps": _config().how_many_training_steps, "batch": _config().train_batch_size,
+           "search_s_median": search, "without_search_vs_cold_extraction": (train - search) / cold,
            "library_runs": phases}
     note = "trxsfr.retrain(RetrainConfig(...)) in-process at default settings, RetrainResult." \
-           "timings['train_s'] (summaries included), median; ÷ median cold extraction"
+           "timings['train_s'] (summaries included), median; ÷ median cold extraction. The " \
+           "target is issue 3's 0.10 for training the layer plus the 0.2 issue 22 grants " \
+           "the regularisation search (--tune auto); raw.without_search_vs_cold_extraction " \
+           "is the first part"
     projected = None
-    if n != FULL_IMAGES:
+    if searches and n != FULL_IMAGES:
+        note += f"; scaled: {n} images instead of {FULL_IMAGES}, not projected: the " \
+                f"search's cost grows with the images"
+    elif n != FULL_IMAGES:
         projected = train / (cold * FULL_IMAGES / n)
         note += f"; scaled: {n} images instead of {FULL_IMAGES}. Head training costs the same " \
                 f"at any count (fixed steps), so projected_value scales cold extraction " \
@@ -1272,7 +1281,7 @@ FIGURES = (
     ("warm_retrain_vs_floor", fig_warm, "<= 1.5"),
     ("cold_retrain_overhead_vs_forward", fig_cold_run, "<= 1.35"),
     ("bottleneck_phase_warm_vs_cold", fig_bottleneck_warm_cold, "<= 0.02"),
-    ("head_training_vs_cold_extraction", fig_head, "<= 0.10"),
+    ("head_training_vs_cold_extraction", fig_head, "<= 0.30"),  # 0.10 + issue 22's 0.2
     ("peak_rss_growth_per_image_vs_vector", fig_rss, "<= 1.5"),
     ("cache_bytes_vs_vectors", fig_cache, "<= 1.2"),
     ("tiny_extractor_pipeline_vs_raw_forward", fig_tiny, ">= 0.5"),
