@@ -111,15 +111,18 @@ def centred(features: np.ndarray, chunk: int = 4096) -> np.ndarray:
     return out
 
 
-def centred_unit(features: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """float32 [N, D]: features minus their mean, scaled to unit length (zero rows stay 0)."""
-    mean = features.mean(axis=0, dtype=np.float64).astype(np.float32)
-    out = np.empty_like(features, dtype=np.float32)
-    for i in range(0, len(features), chunk):
-        x = features[i:i + chunk] - mean
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        out[i:i + chunk] = x / np.maximum(norms, 1e-12)
+def unit_rows(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """float32 [N, D]: a copy of x's rows scaled to unit length (zero rows stay 0)."""
+    out = np.empty_like(x, dtype=np.float32)
+    for i in range(0, len(x), chunk):
+        rows = x[i:i + chunk]
+        out[i:i + chunk] = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
     return out
+
+
+def centred_unit(features: np.ndarray) -> np.ndarray:
+    """float32 [N, D]: features minus their mean, scaled to unit length (zero rows stay 0)."""
+    return unit_rows(centred(features))
 
 
 @dataclasses.dataclass
@@ -130,15 +133,16 @@ class Neighbourhood:
     similarities: np.ndarray  # float32 [P]
 
 
-def _tiles(x: np.ndarray, content: np.ndarray, block: int, product):
-    """Yield (i0, j0, tile) over the upper triangle of `product(x[rows], x[cols])` tiles,
-    with -inf where a row meets itself or an exact copy of itself (same `content`)."""
-    n = len(x)
+def _tiles(content: np.ndarray, block: int, product):
+    """Yield (i0, j0, tile) over the upper triangle of `product(rows, cols)` tiles (two
+    slices of the N rows), with -inf where a row meets itself or an exact copy of itself
+    (same `content`)."""
+    n = len(content)
     for i0 in range(0, n, block):
         rows = slice(i0, min(n, i0 + block))
         for j0 in range(i0, n, block):
             cols = slice(j0, min(n, j0 + block))
-            tile = product(x[rows], x[cols])
+            tile = product(rows, cols)
             tile[content[rows][:, None] == content[cols][None, :]] = -np.inf
             yield i0, j0, tile
 
@@ -158,7 +162,7 @@ def neighbourhood(x: np.ndarray, content: np.ndarray, threshold: float, max_pair
     pair_chunks: list[np.ndarray] = []
     sim_chunks: list[np.ndarray] = []
     kept = 0
-    for i0, j0, sims in _tiles(x, content, block, lambda a, b: a @ b.T):
+    for i0, j0, sims in _tiles(content, block, lambda rows, cols: x[rows] @ x[cols].T):
         hit = sims >= threshold
         if j0 == i0:
             hit &= np.triu(np.ones(hit.shape, bool), 1)
@@ -186,11 +190,12 @@ def nearest_distances(x: np.ndarray, content: np.ndarray, k: int,
         both = np.concatenate([nearest[rows], values], axis=1)
         nearest[rows] = -np.partition(-both, k - 1, axis=1)[:, :k]
 
-    def negative_squared(a, b):
-        return 2 * (a @ b.T) - np.einsum("ij,ij->i", a, a)[:, None] - np.einsum(
-            "ij,ij->i", b, b)[None, :]
+    squares = np.einsum("ij,ij->i", x, x)  # once, not per tile
 
-    for i0, j0, tile in _tiles(x, content, block, negative_squared):
+    def negative_squared(rows: slice, cols: slice) -> np.ndarray:
+        return 2 * (x[rows] @ x[cols].T) - squares[rows, None] - squares[None, cols]
+
+    for i0, j0, tile in _tiles(content, block, negative_squared):
         merge(slice(i0, i0 + len(tile)), tile)
         if j0 != i0:
             merge(slice(j0, j0 + tile.shape[1]), tile.T)
@@ -539,8 +544,10 @@ def audit(config: AuditConfig, on_progress: Optional[ProgressFn] = None) -> Audi
     t1 = time.perf_counter()
     _, content = np.unique(np.frombuffer(b"".join(keys), "V32"), return_inverse=True)
     content = content.reshape(-1)
-    x = centred_unit(features)
+    centre = centred(features)  # the outlier pass's rows; the similarity pass's once unit
+    x = unit_rows(centre)
     near = neighbourhood(x, content, config.near_duplicate_similarity, config.max_pairs)
+    del x
     timings["similarity_s"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     ok_paths = [paths[i] for i in cached.ok]
@@ -593,7 +600,7 @@ def audit(config: AuditConfig, on_progress: Optional[ProgressFn] = None) -> Audi
                              (labels[labels_of[a]], labels[labels_of[b]]))
                    for (a, b), s, px in zip(near_pairs.tolist(), near_sims, near_pixels)]
     t1 = time.perf_counter()
-    distance = nearest_distances(centred(features), content,
+    distance = nearest_distances(centre, content,
                                  config.outlier_neighbours).mean(axis=1)
     timings["outliers_s"] = time.perf_counter() - t1
     z = _robust_z(distance)
