@@ -106,11 +106,15 @@ def held_out_validation(new_layer, validation, last: dict) -> dict:
     if validation is None or "validation_accuracy" in last:
         return {"validation_accuracy": last.get("validation_accuracy"),
                 "validation_cross_entropy": last.get("validation_cross_entropy")}
-    x_val, y_val = validation
-    probs = new_layer.probabilities(x_val)
-    return {"validation_accuracy": float(np.mean(probs.argmax(axis=1) == y_val)),
-            "validation_cross_entropy": float(-np.mean(np.log(np.maximum(
-                probs[np.arange(len(y_val)), y_val], 1e-12))))}
+    accuracy, cross_entropy = scores(new_layer, *validation)
+    return {"validation_accuracy": accuracy, "validation_cross_entropy": cross_entropy}
+
+
+def scores(layer, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(accuracy, mean cross entropy) of a head on vectors x with labels y."""
+    probs = layer.probabilities(x)
+    return (float(np.mean(probs.argmax(axis=1) == y)),
+            float(-np.mean(np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12)))))
 
 
 def run_sweep(config, x_train, y_train, num_classes, validation, summary_dir):
@@ -124,9 +128,7 @@ def run_sweep(config, x_train, y_train, num_classes, validation, summary_dir):
         name = ",".join(f"{k}={v:g}" for k, v in combo.items())
         trained = head.train(x_train, y_train, num_classes, head.HeadOptions.of(cfg), validation,
                              os.path.join(summary_dir, name) if summary_dir else None)
-        probs = trained.head.probabilities(x_val)
-        xent = float(-np.mean(np.log(np.maximum(probs[np.arange(len(y_val)), y_val], 1e-12))))
-        acc = float(np.mean(probs.argmax(axis=1) == y_val))
+        acc, xent = scores(trained.head, x_val, y_val)
         rows.append(dict(combo, validation_cross_entropy=xent, validation_accuracy=acc,
                          seconds=trained.seconds))
         log.info("sweep %s: validation cross entropy %.4f, accuracy %.1f%% (%.1fs)",
