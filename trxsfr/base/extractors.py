@@ -120,8 +120,7 @@ class Extractor:
 
     def features(self, images) -> np.ndarray:
         """float32 [N, dim] as a numpy array, whichever runtime computes it."""
-        out = self.fn(images)
-        return out if isinstance(out, np.ndarray) else out.numpy()
+        return np.asarray(self.fn(images), np.float32)
 
     @property
     def trainable_variables(self) -> list:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -84,6 +85,7 @@ def interpreter_class():
     return Interpreter
 
 
+@functools.lru_cache(maxsize=None)  # a package scan; the version cannot change in a process
 def runtime_version() -> str:
     """The interpreter's package and version, e.g. "ai-edge-litert 2.3.0"."""
     try:
@@ -251,7 +253,7 @@ class InterpreterPool:
             if not len(images):  # XNNPACK takes no empty batch; the output's shape says D
                 shape = interpreter.get_output_details()[0]["shape"][1:]
                 return np.zeros((0, *[int(d) for d in shape]), np.float32)
-            parts = []
+            result = None
             for start in range(0, len(images), self.micro_batch):
                 chunk = images[start:start + self.micro_batch]
                 if len(chunk) != slot[3]:
@@ -260,8 +262,11 @@ class InterpreterPool:
                     slot[3] = len(chunk)
                 interpreter.set_tensor(inp, chunk)
                 interpreter.invoke()  # releases the GIL: other slots run meanwhile
-                parts.append(np.array(interpreter.get_tensor(out), np.float32))
-            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+                part = interpreter.get_tensor(out)  # a copy already
+                if result is None:
+                    result = np.empty((len(images), *part.shape[1:]), np.float32)
+                result[start:start + len(chunk)] = part
+            return result
         finally:
             with self._lock:
                 self._free.append(slot)

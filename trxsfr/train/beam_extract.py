@@ -138,8 +138,7 @@ def load_extractor(handle: str, image_size: Optional[int], fingerprint: str,
 
 def features(extractor, images: np.ndarray) -> np.ndarray:
     """float32 [N, H, W, 3] in [0, 1] -> float32 [N, dim], on either runtime."""
-    out = extractor(images)
-    return out if isinstance(out, np.ndarray) else out.numpy()
+    return np.asarray(extractor(images), np.float32)
 
 
 def _failure(element) -> str:

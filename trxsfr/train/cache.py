@@ -381,7 +381,7 @@ def store_for(bottleneck_dir: str, extractor) -> BottleneckStore:
     vector. TensorFlow's store keeps the key it always had.
     """
     h, w = extractor.image_size
-    runtime = getattr(extractor, "runtime", "tf")
+    runtime = extractor.runtime
     namespace_src = f"{extractor.fingerprint}|{imaging.PREPROCESSING_VERSION}|{h}x{w}"
     if runtime != "tf":
         namespace_src += f"|{runtime}"

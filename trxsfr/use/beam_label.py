@@ -215,8 +215,10 @@ def label(config: LabelConfig, output: str, pipeline_args: Sequence[str] = (),
         raise InputError("--min_accuracy needs an evaluation set: a folder whose sub-folders "
                          "are named after the model's labels")
     handler = KeyedModelHandler(beam_steps.ForwardHandler(
+        # The driver's decision, not "auto" again: a worker runs the network the driver
+        # checked, or fails, rather than fall back on its own.
         functools.partial(load_model, os.path.abspath(predictor.path),
-                          config.runtime if getattr(predictor, "on_litert", False) else "tf"),
+                          "litert" if getattr(predictor, "on_litert", False) else "tf"),
         probabilities,
         config.batch_size, "label"))
     evaluation_file = f"{output}-evaluation.json"

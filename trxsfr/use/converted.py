@@ -136,11 +136,6 @@ class ConvertedClassifier(Classifier):
         return self._lite is None or self._lite.forward.sharded
 
     @property
-    def forward_streams(self) -> Optional[int]:
-        """Batches at once: imaging's default; the pool makes an interpreter per stream."""
-        return None
-
-    @property
     def runtime(self) -> str:
         if self._lite is not None:
             return f"LiteRT ({litert.runtime_version()}), float32 conversion of the SavedModel"
