@@ -129,6 +129,13 @@ def test_label_pipeline_evaluates_as_local_label(retrained, beam_run, fx):
     assert on_tf.code == 0, on_tf
     tf_doc = json.loads(on_tf.out)
     assert tf_doc["runtime"].startswith("tensorflow") and tf_doc["evaluation"] == got["evaluation"]
+    # A .tflite runs on LiteRT on the workers too, whatever the driver's runtime flag.
+    tflite = beam_run["work"] / "model.tflite"
+    assert run_cli("export-tflite", "--model", model, "--out", tflite).code == 0
+    on_file = run_cli("label", "--model", tflite, heldout, "--format", "json", "--quiet",
+                      "--output", beam_run["work"] / "labels" / "tflite", *TWO_WORKERS)
+    assert on_file.code == 0, on_file
+    assert json.loads(on_file.out)["evaluation"]["count"] == got["evaluation"]["count"]
 
 
 def test_evaluation_combined_from_parts_equals_metrics_of_the_whole():

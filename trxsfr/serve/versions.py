@@ -169,7 +169,7 @@ def load_version(base: str, version: int, runtime: str = "tf") -> LoadedVersion:
     decode_batch = tf.function(decode, input_signature=bytes_spec)
 
     own_decode = clf.saved_model.signatures[SIGNATURE_BYTES] if clf.needs_own_decode else None
-    if getattr(clf, "on_litert", False):
+    if clf.on_litert:
         def predict_bytes(image_bytes):  # TF decodes, LiteRT runs the network
             return clf.predict_images(decode_batch(image_bytes).numpy())
     elif own_decode is None:

@@ -90,10 +90,11 @@ def entries_of(inputs: Sequence[str], labels: Sequence[str]
     return entries, skipped, unknown
 
 
-def load_model(path: str, runtime: str = "tf"):
-    """The model on a worker, on `runtime` (the driver checked it first). A LiteRT
-    conversion is taken from the worker's $TRXSFR_HOME cache, or made and checked there
-    once per machine, when the first batch comes."""
+def load_model(path: str, runtime: Optional[str] = None):
+    """The model on a worker, on `runtime` (the driver checked it first; None: the one
+    its kind runs on, TensorFlow for a SavedModel). A LiteRT conversion is taken from the
+    worker's $TRXSFR_HOME cache, or made and checked there once per machine, when the
+    first batch comes."""
     return models.load(path, runtime=runtime)
 
 
@@ -199,8 +200,7 @@ def label(config: LabelConfig, output: str, pipeline_args: Sequence[str] = (),
     # conversion is made and checked here first, so "--runtime litert" fails before the
     # pipeline starts, and DirectRunner's workers take the cached one).
     predictor = models.load(config.model, runtime=config.runtime)
-    if hasattr(predictor, "prepare"):
-        predictor.prepare()
+    predictor.prepare()
     if getattr(predictor, "needs_own_decode", False):
         raise ModelError(f"{predictor.path} was exported with other preprocessing than this "
                          f"trxsfr's; label it without --runner (its own signature decodes)")
@@ -218,7 +218,7 @@ def label(config: LabelConfig, output: str, pipeline_args: Sequence[str] = (),
         # The driver's decision, not "auto" again: a worker runs the network the driver
         # checked, or fails, rather than fall back on its own.
         functools.partial(load_model, os.path.abspath(predictor.path),
-                          "litert" if getattr(predictor, "on_litert", False) else "tf"),
+                          "litert" if predictor.on_litert else None),
         probabilities,
         config.batch_size, "label"))
     evaluation_file = f"{output}-evaluation.json"

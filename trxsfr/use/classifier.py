@@ -62,6 +62,13 @@ class Classifier:
     forward_streams: Optional[int] = None
     # Whether decoding yields to the forward pass (imaging.batches); see converted.py.
     demote_decoding: bool = True
+    # Whether LiteRT runs the network (a ConvertedClassifier that decided so).
+    on_litert: bool = False
+
+    def prepare(self, images: Optional[int] = None) -> bool:
+        """Decide the runtime of the network, once; True if LiteRT runs it. Only a
+        ConvertedClassifier has a choice to make."""
+        return self.on_litert
 
     def __init__(self, path: str):
         import tensorflow as tf
