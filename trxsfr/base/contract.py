@@ -57,7 +57,6 @@ INPUT_EXAMPLES = "inputs"
 FEATURE_IMAGE = "image/encoded"
 CLASSIFY_OUTPUTS = (OUTPUT_CLASSES, OUTPUT_SCORES)
 METHOD_CLASSIFY = "tensorflow/serving/classify"
-METHOD_PREDICT = "tensorflow/serving/predict"
 
 # Attributes of the saved tf.Module.
 ATTR_EXTRACTOR = "extractor"
@@ -182,16 +181,15 @@ class ModelInfo:
     extra: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
+        # Fields added later are left out when unset: older files read and write back equal.
+        later = ("tuning", "unknown_threshold")
         doc = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in ("module", "labels", "tflite", "extra", "unknown_threshold")}
-        if self.tuning is None:  # added later: files without it read and write back unchanged
-            del doc["tuning"]
+               if f.name not in ("module", "labels", "tflite", "extra")
+               and not (f.name in later and getattr(self, f.name) is None)}
         doc["module"] = self.module.to_json()
         doc["labels"] = list(self.labels)
         if self.tflite is not None:
             doc["tflite"] = self.tflite.to_json()
-        if self.unknown_threshold is not None:  # absent otherwise: older files read back equal
-            doc["unknown_threshold"] = self.unknown_threshold
         doc.update(self.extra)
         return dict(sorted(doc.items()))
 

@@ -518,7 +518,6 @@ def audit(config: AuditConfig, on_progress: Optional[ProgressFn] = None) -> Audi
         store.paths.add_many(prefetched)
         cached = cache.ensure(paths, extractor, store, config.bottleneck_batch_size,
                               on_progress, max_pixels=config.max_image_pixels)
-        keys, _ = cache.content_keys([paths[i] for i in cached.ok], store.paths)
     finally:
         store.close()
     timings["bottlenecks_s"] = cached.seconds
@@ -542,6 +541,8 @@ def audit(config: AuditConfig, on_progress: Optional[ProgressFn] = None) -> Audi
                      f"saw the class")
 
     t1 = time.perf_counter()
+    keys = cached.content  # the files' content keys, as ensure read them
+    ok_paths = [paths[i] for i in cached.ok]
     _, content = np.unique(np.frombuffer(b"".join(keys), "V32"), return_inverse=True)
     content = content.reshape(-1)
     centre = centred(features)  # the outlier pass's rows; the similarity pass's once unit
@@ -550,7 +551,6 @@ def audit(config: AuditConfig, on_progress: Optional[ProgressFn] = None) -> Audi
     del x
     timings["similarity_s"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    ok_paths = [paths[i] for i in cached.ok]
     thumbnails = ThumbnailStore(os.path.join(config.bottleneck_dir, THUMBNAIL_FILE))
     pixels = pixel_similarities(ok_paths, keys, near.pairs, thumbnails)
     confirmed = pixels >= config.near_duplicate_pixel_similarity
@@ -613,14 +613,15 @@ def audit(config: AuditConfig, on_progress: Optional[ProgressFn] = None) -> Audi
     settings["module"] = {"handle": config.tfhub_module, "fingerprint": extractor.fingerprint,
                           "image_size": list(extractor.image_size),
                           "feature_dim": extractor.dim, "runtime": extractor.runtime}
+    oof_accuracy = float(np.mean(probs.argmax(axis=1) == labels_of))
     log.info("audit: %d images, %d label issues, %d duplicate pairs, out-of-fold accuracy "
              "%.1f%% (%.1fs)", len(items), len(issues), len(duplicates),
-             100 * float(np.mean(probs.argmax(axis=1) == labels_of)), timings["total_s"])
+             100 * oof_accuracy, timings["total_s"])
     return AuditResult(
         image_dir=config.image_dir, labels=tuple(labels), images=len(items), counts=counts,
         label_issues=issues, duplicates=duplicates, outliers=outliers,
         skipped=tuple(image_set.skipped) + failed,
-        out_of_fold_accuracy=float(np.mean(probs.argmax(axis=1) == labels_of)),
+        out_of_fold_accuracy=oof_accuracy,
         settings=settings, timings=timings, reused=cached.reused, computed=cached.computed,
         notes=notes)
 

@@ -400,6 +400,7 @@ class EnsureResult:
     reused: int
     computed: int
     seconds: float
+    content: list = dataclasses.field(default_factory=list)  # each row's file content key
 
 
 def content_keys(paths: Sequence[str], index: PathIndex) -> tuple[list[Optional[bytes]], list[Skipped]]:
@@ -569,4 +570,4 @@ def ensure(
     failed.sort(key=lambda s: s.path)
     ok = [i for i, _ in jobs]
     return EnsureResult(features, ok, failed, len(ok) - computed, computed,
-                        time.perf_counter() - start)
+                        time.perf_counter() - start, [keys[i] for i in ok])

@@ -303,7 +303,7 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
     if config.unknown_threshold is not None:
         from trxsfr.train import unknown as unknown_threshold
 
-        if tuned is not None and len(y_val):  # cached vectors are the old extractor's
+        if tuned is not None and validation is not None:  # vectors of the old extractor
             x_val, ok = finetune.features_of(
                 extractor, [image_set.abs_path(it) for it in image_set.of_split(Split.VALIDATION)],
                 config.bottleneck_batch_size)
@@ -314,6 +314,7 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
             (final_head.probabilities(x_test), y_test) if len(y_test) else None)
         log.info("unknown threshold %.4f (%s)", unknown["threshold"], unknown["mode"])
 
+    tuning_json = tuning_record.to_json() if tuning_record is not None else None
     chosen = next((
         {k: v for k, v in row.items() if k in SWEEPABLE} for row in sweep_rows if row["chosen"]),
         {k: getattr(config, k) for k in SWEEPABLE})
@@ -334,7 +335,7 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
         augmentation={"distortion": distortion.spec(), "copies": config.augment_copies,
                       "views": int(len(augmented.ok)), "computed": augmented.computed}
         if augmented is not None else None,
-        tuning=tuning_record.to_json() if tuning_record is not None else None,
+        tuning=tuning_json,
         fine_tuned={"steps": config.fine_tune_steps,
                     "learning_rate": config.fine_tune_learning_rate,
                     "batch_size": config.fine_tune_batch_size,
@@ -378,5 +379,5 @@ def retrain(config: RetrainConfig, on_progress: Optional[ProgressFn] = None) -> 
         augmented=augmented_counts,
         fine_tuned=tuned is not None,
         unknown=unknown,
-        tuning=tuning_record.to_json() if tuning_record is not None else None,
+        tuning=tuning_json,
     )

@@ -133,10 +133,6 @@ class Tuning:
     def cv_accuracy(self) -> Optional[float]:
         return self.chosen["cv_accuracy"] if self.chosen else None
 
-    @property
-    def seconds(self) -> float:
-        return self.search_seconds + self.fit_seconds
-
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
