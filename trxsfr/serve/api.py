@@ -14,19 +14,13 @@ from typing import Optional
 
 from trxsfr.base.contract import (
     CLASSIFY_OUTPUTS,
-    INPUT_BYTES,
     INPUT_EXAMPLES,
-    INPUT_IMAGES,
     SIGNATURE_BYTES,
     SIGNATURE_CLASSIFY,
-    SIGNATURE_IMAGES,
 )
-from trxsfr.serve.rest import BadRequest
+from trxsfr.serve.rest import PREDICT_INPUTS, BadRequest
 from trxsfr.serve.versions import LoadedVersion, Snapshot
 
-# The signatures of trxsfr's models that Predict runs, and the input each takes.
-PREDICT_INPUTS = {SIGNATURE_BYTES: INPUT_BYTES, SIGNATURE_IMAGES: INPUT_IMAGES,
-                  SIGNATURE_CLASSIFY: INPUT_EXAMPLES}
 
 
 def select(snap: Snapshot, version_labels: dict, served: str, name: str,

@@ -69,6 +69,11 @@ _CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "UNIMPLEMENTED",
 LIMIT = "RESOURCE_EXHAUSTED"
 
 
+# The signatures of trxsfr's models that Predict runs (REST and gRPC), and the input each takes.
+PREDICT_INPUTS = {SIGNATURE_BYTES: INPUT_BYTES, SIGNATURE_IMAGES: INPUT_IMAGES,
+                  SIGNATURE_CLASSIFY: INPUT_EXAMPLES}
+
+
 class BadRequest(Exception):
     """The client sent something we cannot serve: HTTP 400 (or `status`) with this message.
 
@@ -129,9 +134,9 @@ def parse_request(body: bytes, lv: LoadedVersion, config: ServeConfig) -> Parsed
         raise BadRequest(f"the request body must be a JSON object with \"instances\" or \"inputs\", "
                          f"got {_describe(doc)}")
     signature = doc.get("signature_name") or SIGNATURE_BYTES
-    inputs = {SIGNATURE_BYTES: INPUT_BYTES, SIGNATURE_IMAGES: INPUT_IMAGES}
-    if SIGNATURE_CLASSIFY in lv.signature_defs:  # serialized tf.Example, as {"b64": ...}
-        inputs[SIGNATURE_CLASSIFY] = INPUT_EXAMPLES
+    # classify only when the model has it (serialized tf.Example, as {"b64": ...})
+    inputs = {name: tensor for name, tensor in PREDICT_INPUTS.items()
+              if name != SIGNATURE_CLASSIFY or name in lv.signature_defs}
     if signature not in inputs:
         names = ", ".join(json.dumps(n) for n in inputs)
         raise BadRequest(f"Serving signature name: \"{signature}\" not found in signature def "
