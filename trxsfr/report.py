@@ -118,17 +118,13 @@ def coverage_table(confidences: Sequence[float], correct: Sequence[bool],
         [{"threshold", "accepted", "coverage", "accuracy"}], accuracy None when none is
         accepted.
     """
-    from trxsfr.base.contract import is_unknown
+    from trxsfr.base.contract import acceptance
 
-    conf = np.asarray(confidences, np.float32)
-    hit = np.asarray(correct, bool)
     rows = []
     for t in thresholds:
-        accepted = ~is_unknown(conf, t)
-        n = int(accepted.sum())
-        rows.append({"threshold": float(t), "accepted": n,
-                     "coverage": n / len(conf) if len(conf) else None,
-                     "accuracy": float(hit[accepted].mean()) if n else None})
+        n, coverage, accuracy = acceptance(confidences, correct, t)
+        rows.append({"threshold": float(t), "accepted": n, "coverage": coverage,
+                     "accuracy": accuracy})
     return rows
 
 

@@ -230,6 +230,17 @@ def is_unknown(top_scores, threshold: Optional[float]):
     return scores < np.float32(threshold)
 
 
+def acceptance(top_scores, correct, threshold: Optional[float]) -> tuple:
+    """What a threshold does to N images: (accepted count, coverage, accuracy among the
+    accepted); coverage None without images, accuracy None when none is accepted."""
+    import numpy as np
+
+    accepted = ~is_unknown(top_scores, threshold)
+    n = int(accepted.sum())
+    return (n, n / len(accepted) if len(accepted) else None,
+            float(np.asarray(correct, bool)[accepted].mean()) if n else None)
+
+
 def read_info(path: str) -> ModelInfo:
     """A model's trxsfr.json, or an empty ModelInfo when there is none.
 

@@ -29,15 +29,13 @@ def coverage_and_precision(probs: np.ndarray, labels: np.ndarray,
                            threshold: float) -> dict:
     """{"count", "accepted", "coverage", "precision"} of images whose top score is at least
     `threshold` (precision: accuracy among them; None when none is accepted)."""
-    from trxsfr.base.contract import is_unknown
+    from trxsfr.base.contract import acceptance
 
     top = probs.max(axis=1) if len(probs) else np.zeros(0, np.float32)
-    accepted = ~is_unknown(top, threshold)
     correct = probs.argmax(axis=1) == labels if len(probs) else np.zeros(0, bool)
-    n = int(accepted.sum())
-    return {"count": int(len(labels)), "accepted": n,
-            "coverage": n / len(labels) if len(labels) else None,
-            "precision": float(correct[accepted].mean()) if n else None}
+    n, coverage, precision = acceptance(top, correct, threshold)
+    return {"count": int(len(labels)), "accepted": n, "coverage": coverage,
+            "precision": precision}
 
 
 def choose(top_scores: np.ndarray, correct: np.ndarray, target: float,

@@ -267,12 +267,11 @@ def run(predictor: Predictor, inputs: Sequence[str], batch_size: int = FORWARD_B
         evaluation = metrics.metrics(true, probs.argmax(axis=1), clf.labels, probs)
         threshold = clf.info.unknown_threshold
         if threshold is not None:
-            accepted = ~contract.is_unknown(probs.max(axis=1), threshold)
-            right = probs.argmax(axis=1) == np.asarray(true)
+            n, coverage, accuracy = contract.acceptance(
+                probs.max(axis=1), probs.argmax(axis=1) == np.asarray(true), threshold)
             evaluation["unknown"] = {
-                "threshold": threshold, "unknown": int((~accepted).sum()),
-                "coverage": float(accepted.mean()),
-                "accuracy_accepted": float(right[accepted].mean()) if accepted.any() else None}
+                "threshold": threshold, "unknown": len(probs) - n, "coverage": coverage,
+                "accuracy_accepted": accuracy}
     return LabelRun(clf.path, clf.labels, clf.info, kept, preds.probabilities, skipped,
                        unknown, clf.load_seconds, preds.seconds, evaluation,
                        getattr(clf, "runtime", None))
