@@ -22,10 +22,10 @@ from trxsfr.cli.common import (
     EXIT_OK,
     LISTED_SKIPS,
     Formatter,
+    evaluation_lines,
     note,
     out,
     skipped_lines,
-    table,
 )
 
 DEFAULT_RUNNER = "DirectRunner"
@@ -141,8 +141,7 @@ def run_extract(args) -> int:
         result = process.quietly(beam_extract.extract, config, pipeline_args(args))
     out(f"Images: {result.images} ({result.computed} computed, {result.reused} reused from "
         f"the store, {len(result.failed)} skipped)")
-    for line in skipped_lines(result.failed, args.verbose, "skipped: {path}: {reason}",
-                              "skipped: {count} files, by reason (--verbose lists each):"):
+    for line in skipped_lines(result.failed, args.verbose):
         out(line)
     out(f"Pipeline: {result.seconds:.1f}s; images/s: "
         f"{result.computed / result.seconds if result.seconds else 0:.1f} computed")
@@ -213,22 +212,10 @@ def label_lines(run, verbose: bool = False) -> list[str]:
     lines = [f"Predictions: {run.labelled} images in {len(run.outputs)} files "
              f"({', '.join(run.outputs[:3])}{', ...' if len(run.outputs) > 3 else ''})",
              f"Runtime: {run.runtime}"]
-    lines += skipped_lines(run.skipped, verbose, "skipped: {path}: {reason}",
-                           "skipped: {count} files, by reason (--verbose lists each):")
-    for folder in run.unknown_folders:
-        lines.append(f"not evaluated: {folder} is not one of the model's labels "
-                     f"({', '.join(run.labels)})")
+    lines += skipped_lines(run.skipped, verbose)
+    lines += evaluation_lines(run.evaluation, run.labels, run.unknown_folders)
     ev = run.evaluation
     if ev:
-        lines.append(f"Accuracy = {100 * ev['accuracy']:.2f}% (N={ev['count']})")
-        lines.append("Per-class accuracy:")
-        for label, row in ev["per_class"].items():
-            if row["support"]:
-                lines.append(f"  {label}: {100 * row['recall']:.2f}% (N={row['support']})")
-        lines.append("Confusion matrix (rows: true, columns: predicted):")
-        lines += ["  " + row for row in table(
-            ["true \\ predicted"] + run.labels,
-            [[label] + counts for label, counts in zip(run.labels, ev["confusion_matrix"])])]
         lines.append(f"Misclassified: {len(ev['misclassified'])}")
         lines += [f"  {m['path']} (true: {m['true_label']}, predicted: {m['predicted_label']}, "
                   f"score {m['score']:.5f})" for m in ev["misclassified"]]

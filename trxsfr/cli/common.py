@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import Optional, Sequence
 
 EXIT_OK, EXIT_BELOW_GATE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -50,7 +50,12 @@ def table(header: Sequence, rows: Sequence[Sequence]) -> list[str]:
 LISTED_SKIPS = 10
 
 
-def skipped_lines(skipped, verbose: bool, each: str, summary: str) -> list[str]:
+SKIPPED_EACH = "skipped: {path}: {reason}"
+SKIPPED_SUMMARY = "skipped: {count} files, by reason (--verbose lists each):"
+
+
+def skipped_lines(skipped, verbose: bool, each: str = SKIPPED_EACH,
+                  summary: str = SKIPPED_SUMMARY) -> list[str]:
     """Lines naming skipped files: each one (`each.format(path=, reason=)`) when they are
     few or `verbose`; else a count per kind of reason with the first three paths."""
     if verbose or len(skipped) <= LISTED_SKIPS:
@@ -62,6 +67,25 @@ def skipped_lines(skipped, verbose: bool, each: str, summary: str) -> list[str]:
     for kind, paths in sorted(by_kind.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         more = f", ... ({len(paths) - 3} more)" if len(paths) > 3 else ""
         lines.append(f"  {len(paths)} {kind}: {', '.join(paths[:3])}{more}")
+    return lines
+
+
+def evaluation_lines(ev: Optional[dict], labels: list, unknown_folders) -> list[str]:
+    """The folders not evaluated, then an evaluation's accuracy, per-class accuracy and
+    confusion matrix, as `label` prints them (locally or from a pipeline)."""
+    lines = [f"not evaluated: {folder} is not one of the model's labels ({', '.join(labels)})"
+             for folder in unknown_folders]
+    if not ev:
+        return lines
+    lines.append(f"Accuracy = {100 * ev['accuracy']:.2f}% (N={ev['count']})")
+    lines.append("Per-class accuracy:")
+    for label, row in ev["per_class"].items():
+        if row["support"]:
+            lines.append(f"  {label}: {100 * row['recall']:.2f}% (N={row['support']})")
+    lines.append("Confusion matrix (rows: true, columns: predicted):")
+    lines += ["  " + row for row in table(
+        ["true \\ predicted"] + list(labels),
+        [[label] + counts for label, counts in zip(labels, ev["confusion_matrix"])])]
     return lines
 
 

@@ -13,10 +13,10 @@ from trxsfr.cli.common import (
     LISTED_SKIPS,
     Formatter,
     ProgressBars,
+    evaluation_lines,
     note,
     out,
     skipped_lines,
-    table,
 )
 
 # ---------------------------------------------------------------- label
@@ -129,11 +129,6 @@ def run_label(args) -> int:
     return EXIT_OK
 
 
-def _skips(run, verbose: bool) -> list[str]:
-    return skipped_lines(run.skipped, verbose, "skipped: {path}: {reason}",
-                         "skipped: {count} files, by reason (--verbose lists each):")
-
-
 def text_lines(run, top_k: int, verbose: bool = False) -> list[str]:
     """`label`'s text output: `label score path` lines, skips, evaluation, timings."""
     lines = []
@@ -142,21 +137,10 @@ def text_lines(run, top_k: int, verbose: bool = False) -> list[str]:
         if unknown[i]:  # the answer first; the ranking still says what the model leans to
             lines.append(f"unknown {float(run.probabilities[i].max()):.5f} {e.path}")
         lines += [f"{label} {score:.5f} {e.path}" for label, score in run.ranked(i, top_k)]
-    lines += _skips(run, verbose)
-    for folder in run.unknown_folders:
-        lines.append(f"not evaluated: {folder} is not one of the model's labels "
-                     f"({', '.join(run.labels)})")
+    lines += skipped_lines(run.skipped, verbose)
+    lines += evaluation_lines(run.evaluation, run.labels, run.unknown_folders)
     if run.evaluation:
         ev = run.evaluation
-        lines.append(f"Accuracy = {100 * ev['accuracy']:.2f}% (N={ev['count']})")
-        lines.append("Per-class accuracy:")
-        for label, row in ev["per_class"].items():
-            if row["support"]:
-                lines.append(f"  {label}: {100 * row['recall']:.2f}% (N={row['support']})")
-        lines.append("Confusion matrix (rows: true, columns: predicted):")
-        lines += ["  " + row for row in table(
-            ["true \\ predicted"] + run.labels,
-            [[label] + counts for label, counts in zip(run.labels, ev["confusion_matrix"])])]
         if ev.get("unknown"):
             u = ev["unknown"]
             right = ("" if u["accuracy_accepted"] is None else
@@ -183,7 +167,7 @@ def codelab_lines(run, top_k: int, verbose: bool = False) -> list[str]:
         lines.append(f"Evaluation time (1-image): {run.per_image_ms / 1000:.3f}s")
         lines.append("")
         lines += [f"{label} (score={score:.5f})" for label, score in run.ranked(i, top_k)]
-    return lines + _skips(run, verbose)
+    return lines + skipped_lines(run.skipped, verbose)
 
 
 # ---------------------------------------------------------------- report
